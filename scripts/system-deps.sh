@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Make sure the system programs the test suites need exist:
+#   PostgreSQL server binaries >= 14 (initdb, pg_ctl, postgres, pg_dump, pg_restore, psql),
+#   redis-server and redis-cli, openssl, shellcheck (for ansible-test sanity).
+# As root, missing ones are installed with apt-get; otherwise the packages are named.
+# Installing the Debian PostgreSQL packages here never creates or starts a cluster:
+# the tests start their own throwaway servers.
+set -euo pipefail
+
+min_pg=14
+missing=()
+
+pg_ok() {
+  local d v
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_dump" ] || continue
+    v=${d%/bin}; v=${v##*/}
+    [ "${v%%.*}" -ge "$min_pg" ] 2>/dev/null && return 0
+  done
+  if command -v initdb >/dev/null && command -v pg_ctl >/dev/null && command -v pg_dump >/dev/null; then
+    v=$(initdb --version | grep -oE '[0-9]+' | head -1)
+    [ "${v:-0}" -ge "$min_pg" ] && return 0
+  fi
+  return 1
+}
+
+pg_ok || missing+=(postgresql postgresql-client)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v git >/dev/null || missing+=(git)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system-deps: PostgreSQL >= $min_pg, redis-server, redis-cli, openssl, shellcheck: present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: missing packages: ${missing[*]}" >&2
+  echo "system-deps: install them as root, e.g.: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "system-deps: installing ${missing[*]}"
+# No default cluster: the test harness starts its own servers.
+mkdir -p /etc/postgresql-common/createcluster.d
+printf 'create_main_cluster = false\n' > /etc/postgresql-common/createcluster.d/ringhub-tests.conf
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts redis-server after install; the tests never use it, so stop it again.
+if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null; then
+  systemctl stop redis-server >/dev/null 2>&1 || true
+fi
+pg_ok || { echo "system-deps: PostgreSQL >= $min_pg still not found after install" >&2; exit 1; }
+echo "system-deps: done"

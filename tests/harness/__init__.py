@@ -1,0 +1,1 @@
+"""Test harness for threadring.ringhub: throwaway servers and an Ansible runner."""
