@@ -13,7 +13,7 @@ missing=()
 pg_ok() {
   local d v
   for d in /usr/lib/postgresql/*/bin; do
-    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_dump" ] || continue
+    if ! { [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_dump" ]; }; then continue; fi
     v=${d%/bin}; v=${v##*/}
     [ "${v%%.*}" -ge "$min_pg" ] 2>/dev/null && return 0
   done

@@ -17,6 +17,7 @@ Loaded as a pytest plugin (``-p harness.pg``); fixtures:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -43,6 +44,16 @@ FIXTURE_MIGRATIONS = REPO / "tests" / "fixtures" / "prisma" / "migrations"
 REFERENCE_PRISMA = REPO.parent / "shared" / "ringhub-reference" / "prisma"
 MIN_PG_MAJOR = 14
 SUPERUSER = "postgres"
+
+
+_LIVE: set[PgServer] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Stop and remove every cluster this process started and did not clean up."""
+    for server in list(_LIVE):
+        server.cleanup()
 
 
 def reference_migrations_dir() -> Path | None:
@@ -198,6 +209,7 @@ class PgServer:
                 fh.write(f"{key} = {value}\n")
         self._run_server_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60", "start")
         self.started = True
+        _LIVE.add(self)
         self._wait_ready()
         return self
 
@@ -236,6 +248,7 @@ class PgServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+        _LIVE.discard(self)
 
     def __enter__(self) -> PgServer:
         return self.start()
