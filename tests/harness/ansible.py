@@ -198,13 +198,13 @@ def run_module(
     with tempfile.TemporaryDirectory(prefix="ringhub-play-") as tmp:
         playbook = os.path.join(tmp, "play.yml")
         with open(playbook, "w", encoding="utf-8") as fh:
-            # JSON is YAML; strings are marked unsafe so test data is never templated.
+            # JSON is YAML; strings with Jinja markers are marked unsafe so test data is never templated.
             fh.write(_to_unsafe_yaml(play))
         return run_playbook(playbook, check=False, diff=False, verbosity=verbosity, env=env, timeout=timeout)
 
 
 def _to_unsafe_yaml(data: Any, indent: int = 0) -> str:
-    """Dump data as YAML flow style with every string tagged !unsafe (no Jinja)."""
+    """Dump data as YAML flow style; strings with Jinja markers are tagged !unsafe (never templated)."""
 
     def dump(value: Any) -> str:
         if isinstance(value, dict):
@@ -213,7 +213,10 @@ def _to_unsafe_yaml(data: Any, indent: int = 0) -> str:
         if isinstance(value, (list, tuple)):
             return "[" + ", ".join(dump(v) for v in value) + "]"
         if isinstance(value, str):
-            return "!unsafe " + json.dumps(value)
+            # Only strings Jinja would touch need the tag (a tagged "*" or "=" trips PyYAML's resolver).
+            if any(marker in value for marker in ("{{", "{%", "{#")):
+                return "!unsafe " + json.dumps(value)
+            return json.dumps(value)
         return json.dumps(value)
 
     # Keys that are Ansible keywords must stay plain strings; values are unsafe.

@@ -24,7 +24,8 @@ Loaded as a pytest plugin (``-p harness.redis_servers``); fixtures:
 
 - ``redis_server``: a fresh plain server per test.
 - ``redis_acl_server``: ``requirepass`` on the default user plus the ACL users of
-  ``ACL_USERS`` (``ringhub`` may do everything, ``noflush`` may not FLUSHALL/FLUSHDB).
+  ``ACL_USERS`` (``ringhub`` may do everything, ``noflush`` may not FLUSHALL/FLUSHDB,
+  ``app`` has no ``@dangerous`` command: no INFO, KEYS, FLUSHALL, FLUSHDB, CONFIG).
 - ``redis_tls_certs`` (session) and ``redis_tls_server``: TLS with a test CA,
   server and client certificates made with ``cryptography``.
 - ``redis_unix_server``: Unix socket only (``port 0``).
@@ -57,6 +58,8 @@ from urllib.parse import quote
 import pytest
 import redis
 import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from harness.ports import free_port
 
@@ -68,6 +71,7 @@ CLUSTER_MAX_PORT = 45535  # the cluster bus listens on port + 10000, which must 
 ACL_USERS: dict[str, tuple[str, str]] = {
     "ringhub": ("ringhub-" + secrets.token_hex(8), "~* &* +@all"),
     "noflush": ("noflush-" + secrets.token_hex(8), "~* &* +@all -flushall -flushdb"),
+    "app": ("app-" + secrets.token_hex(8), "~* &* +@all -@dangerous"),
 }
 
 _LIVE: set[subprocess.Popen] = set()
@@ -244,6 +248,7 @@ class RedisServer:
             'save ""',
             "appendonly no",
             "databases 16",
+            "repl-diskless-sync-delay 0",  # replicas sync at once, not after 5 s
         ]
         if self.tls:
             lines += [
@@ -384,9 +389,9 @@ class RedisServer:
         return kwargs
 
     def client(self, db: int = 0, *, username: str | None = None, password: str | None = None, **kw: Any) -> Any:
-        """A redis-py client (``decode_responses=True``) for database ``db``."""
+        """A redis-py client (``decode_responses=True``, no retries) for database ``db``."""
         kwargs = self.client_kwargs(username=username, password=password)
-        kwargs.update(db=db, decode_responses=True)
+        kwargs.update(db=db, decode_responses=True, retry=Retry(NoBackoff(), 0))
         kwargs.update(kw)
         return redis.Redis(**kwargs)
 
@@ -480,8 +485,9 @@ class RedisCluster:
     """A Redis Cluster of ``primaries`` primaries (at least 3) and ``replicas`` replicas each.
 
     Created with ``redis-cli --cluster create ... --cluster-replicas N --cluster-yes``;
-    ``start()`` returns once every node reports ``cluster_state:ok`` and every replica
-    has synchronised with its primary.
+    ``start()`` returns once every node reports ``cluster_state:ok``, every replica
+    has synchronised with its primary and every node's ``CLUSTER NODES`` shows the
+    whole topology (so a client sees the same primaries and replicas from any node).
     """
 
     def __init__(self, primaries: int = 3, replicas: int = 0, *, password: str | None = None, **kwargs: Any) -> None:
@@ -526,14 +532,25 @@ class RedisCluster:
                 state = [n.cluster_info().get("cluster_state") for n in self.nodes]
                 if all(s == "ok" for s in state) and len(self.primaries) == self.n_primaries:
                     replicas = self.replicas
-                    if len(replicas) == self.n_primaries * self.n_replicas and all(
-                        r.info("replication").get("master_link_status") == "up" for r in replicas
+                    if (
+                        len(replicas) == self.n_primaries * self.n_replicas
+                        and all(r.info("replication").get("master_link_status") == "up" for r in replicas)
+                        and all(self._sees_everyone(n) for n in self.nodes)
                     ):
                         return
             except redis.RedisError as exc:
                 state = exc
             time.sleep(0.2)
         raise RuntimeError(f"cluster not ready after {timeout}s: {state}")
+
+    def _sees_everyone(self, node: RedisServer) -> bool:
+        """``CLUSTER NODES`` of ``node`` lists every primary with slots and every replica as such."""
+        with node.admin() as client:
+            text = str(client.execute_command("CLUSTER", "NODES"))
+        lines = [line.split() for line in text.splitlines() if line.strip()]
+        primaries = [f for f in lines if "master" in f[2] and len(f) > 8]
+        replicas = [f for f in lines if "slave" in f[2]]
+        return len(primaries) == self.n_primaries and len(replicas) == self.n_primaries * self.n_replicas
 
     def _role(self, node: RedisServer) -> str:
         return str(node.info("replication").get("role"))

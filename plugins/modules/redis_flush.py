@@ -1,0 +1,240 @@
+#!/usr/bin/python
+# Copyright: Contributors to the threadring.ringhub collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redis_flush
+short_description: Empty a Ring Hub's Redis (all, one database, or keys matching patterns) without stalling it
+version_added: 0.1.0
+description:
+  - Deletes the keys of a Redis server or of every primary of a Redis Cluster, and reports
+    the keys per node and database before and after.
+  - V(all) runs C(FLUSHALL ASYNC), V(db) runs C(FLUSHDB ASYNC) on one database, and
+    V(pattern) walks the database with C(SCAN MATCH) and deletes with C(UNLINK) in
+    pipelined batches (never C(KEYS)), so the module's memory stays bounded whatever the key count.
+  - Before anything is deleted, every command the flush needs is checked on every node inside
+    C(MULTI)/C(DISCARD). A C(FLUSHALL) that is renamed or disabled (C(rename-command)) or denied
+    by an ACL fails the task with a message that says so and points to O(mode=pattern).
+  - A Redis Cluster is detected automatically (see O(cluster_mode)); every primary is flushed
+    or scanned, replicas are never connected to or written to.
+author:
+  - ThreadRing Ring Hub maintainers (@threadring)
+extends_documentation_fragment:
+  - threadring.ringhub.redis
+options:
+  mode:
+    description:
+      - V(all) deletes every key of every database (C(FLUSHALL)).
+      - V(db) deletes every key of database O(db) (C(FLUSHDB)); other databases stay.
+      - V(pattern) deletes the keys of database O(db) that match one of O(patterns); all other keys stay.
+    type: str
+    choices: [all, db, pattern]
+    default: all
+    version_added: 0.1.0
+  patterns:
+    description:
+      - Redis glob patterns (C(*), C(?), C([abc]), C([^a]), backslash escapes) of the keys to delete.
+      - Required with O(mode=pattern); not allowed with other modes.
+    type: list
+    elements: str
+    aliases: [pattern]
+    version_added: 0.1.0
+  asynchronous:
+    description:
+      - Free memory in the background (C(FLUSHALL ASYNC), C(FLUSHDB ASYNC), C(UNLINK)) so the server
+        keeps answering other clients while a large data set is freed.
+      - V(false) uses C(FLUSHALL), C(FLUSHDB) and C(DEL), which block the server until the memory is freed.
+      - On a server older than Redis 4.0 the synchronous form is used, with a warning.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  batch_size:
+    description:
+      - With O(mode=pattern), the C(COUNT) hint of each C(SCAN) and the number of keys per C(UNLINK) pipeline.
+        It bounds the memory of the module.
+    type: int
+    default: 1000
+    version_added: 0.1.0
+attributes:
+  check_mode:
+    support: full
+    description: Nothing is deleted; the result tells which keys per node and database would go.
+  diff_mode:
+    support: full
+    description: The diff shows the keys per node and database before and after.
+  idempotent:
+    support: full
+    description: When there is nothing to delete the module reports C(changed=false).
+seealso:
+  - name: FLUSHALL
+    description: Redis documentation of FLUSHALL and its ASYNC option.
+    link: https://redis.io/docs/latest/commands/flushall/
+"""
+
+EXAMPLES = r"""
+- name: Empty the hub's Redis (REDIS_URL from the environment)
+  threadring.ringhub.redis_flush:
+  environment:
+    REDIS_URL: "{{ ringhub_redis_url }}"
+
+- name: Delete the hub's cache keys only, on a server where FLUSHALL is renamed
+  threadring.ringhub.redis_flush:
+    host: redis.internal
+    username: ringhub
+    password: "{{ vault_redis_password }}"
+    mode: pattern
+    patterns:
+      - "ratelimit:*"
+      - "cache:*"
+
+- name: Empty every primary of a TLS cluster
+  threadring.ringhub.redis_flush:
+    redis_url: "rediss://ringhub@redis-0.internal:6380"
+    password: "{{ vault_redis_password }}"
+    ca_cert: /etc/ringhub/redis-ca.pem
+    cluster_mode: cluster
+
+- name: What would go? (check mode counts, deletes nothing)
+  threadring.ringhub.redis_flush:
+    unix_socket: /run/redis/redis.sock
+    mode: db
+    db: 2
+  check_mode: true
+  register: would_go
+"""
+
+RETURN = r"""
+mode:
+  description: The mode that ran.
+  returned: always
+  type: str
+  sample: all
+endpoint:
+  description: The endpoint connected to first (no password).
+  returned: always
+  type: str
+  sample: redis://ringhub@127.0.0.1:6379
+cluster:
+  description: Whether the server is a Redis Cluster node and every primary was used.
+  returned: always
+  type: bool
+nodes:
+  description: The nodes the flush was run on (C(host:port), or the socket path); primaries only.
+  returned: always
+  type: list
+  elements: str
+  sample: ["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"]
+replicas_skipped:
+  description: Cluster nodes that were left alone, replicas (they follow their primary) and primaries without slots.
+  returned: always
+  type: list
+  elements: str
+keys_before:
+  description: Keys per node and database before the flush (non-empty databases only).
+  returned: always
+  type: dict
+  sample: {"127.0.0.1:6379": {"db0": 1200, "db2": 7}}
+keys_after:
+  description:
+    - Keys per node and database after the flush. In check mode, what would remain.
+  returned: always
+  type: dict
+  sample: {"127.0.0.1:6379": {"db2": 7}}
+deleted_by_node:
+  description: Keys deleted (in check mode, that would be deleted) per node and database.
+  returned: always
+  type: dict
+  sample: {"127.0.0.1:6379": {"db0": 1200}}
+deleted:
+  description: Number of keys deleted (in check mode, that would be deleted).
+  returned: always
+  type: int
+  sample: 1200
+matched:
+  description: With O(mode=pattern), the number of keys that matched (same as RV(deleted)).
+  returned: when mode is pattern
+  type: int
+patterns:
+  description: The patterns used.
+  returned: when mode is pattern
+  type: list
+  elements: str
+db:
+  description: The database flushed or scanned.
+  returned: when mode is db or pattern
+  type: int
+asynchronous:
+  description: Whether the asynchronous commands were used on every node.
+  returned: always
+  type: bool
+commands:
+  description: The deleting commands that were run, per node (empty in check mode or when nothing was deleted).
+  returned: always
+  type: list
+  elements: str
+  sample: ["127.0.0.1:6379: FLUSHALL ASYNC"]
+seconds:
+  description: Wall-clock seconds the module spent connecting, checking, deleting and counting.
+  returned: always
+  type: float
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._redis import (
+    HAS_REDIS,
+    REDIS_IMP_ERR,
+    REDIS_MUTUALLY_EXCLUSIVE,
+    REDIS_REQUIRED_TOGETHER,
+    redis_argument_spec,
+    resolve_connection,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush import flush
+
+
+def main() -> None:
+    argument_spec = redis_argument_spec()
+    argument_spec.update(
+        mode=dict(type="str", default="all", choices=["all", "db", "pattern"]),
+        patterns=dict(type="list", elements="str", aliases=["pattern"]),
+        asynchronous=dict(type="bool", default=True),
+        batch_size=dict(type="int", default=1000),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+        required_together=REDIS_REQUIRED_TOGETHER,
+        required_if=[("mode", "pattern", ("patterns",))],
+        supports_check_mode=True,
+    )
+    if not HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMP_ERR)
+    params = module.params
+    if params["patterns"] and params["mode"] != "pattern":
+        module.fail_json(msg=f"patterns only apply to mode: pattern, not mode: {params['mode']}")
+    try:
+        conn = resolve_connection(params)
+        result = flush(
+            conn,
+            params["mode"],
+            patterns=params["patterns"] or (),
+            asynchronous=params["asynchronous"],
+            batch_size=params["batch_size"],
+            check_mode=module.check_mode,
+            warn=module.warn,
+        )
+    except RingHubError as exc:
+        module.fail_json(msg=exc.msg, exception=traceback.format_exc(), **exc.details)
+    if module._diff:
+        result["diff"] = {"before": {"keys": result["keys_before"]}, "after": {"keys": result["keys_after"]}}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
