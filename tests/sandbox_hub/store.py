@@ -1,0 +1,355 @@
+"""Storage of the sandbox hub (test and demo tool): the hub's PostgreSQL tables and a Redis cache.
+
+SQL touches only columns that both the hub's real migrations and the project's
+fixture schema have. Every statement runs in autocommit, one after the other, as
+Prisma runs the hub's route handlers (no transaction around a join).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+import redis
+
+from sandbox_hub.config import parse_prisma_url
+
+LOG = logging.getLogger("sandbox_hub.store")
+DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def utcnow() -> datetime:
+    """Naive UTC with millisecond precision (``TIMESTAMP(3)`` without time zone)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(value: datetime | None) -> str | None:
+    """``Date.toISOString()`` of a naive UTC timestamp: ``2026-01-02T03:04:05.678Z``."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _options_for_schema(schema: str) -> str:
+    ident = '"' + schema.replace('"', '""') + '"'
+    return "-c search_path=" + ident.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+class Database:
+    """A small thread-safe pool of psycopg2 connections, ``search_path`` set to the URL's schema."""
+
+    def __init__(self, database_url: str, max_connections: int = 8) -> None:
+        kwargs, self.schema = parse_prisma_url(database_url)
+        extra = kwargs.pop("options", "")
+        kwargs["options"] = (extra + " " + _options_for_schema(self.schema)).strip()
+        kwargs.setdefault("application_name", "ringhub-sandbox")
+        self._kwargs = kwargs
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(**self._kwargs)
+        conn.autocommit = True
+        return conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection; a broken one is closed instead of returned."""
+        self._slots.acquire()
+        conn = None
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = self._connect()
+            yield conn
+        except DB_ERRORS:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+            raise
+        finally:
+            if conn is not None and not conn.closed:
+                with self._lock:
+                    self._idle.append(conn)
+            self._slots.release()
+
+    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        with self.connection() as conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(sql, params)
+            return [dict(r) for r in cur.fetchall()] if cur.description else []
+
+    def one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, params: Any = None) -> int:
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def ping(self) -> None:
+        self.query("SELECT 1 AS ok")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._idle:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._idle.clear()
+
+    # -- rings -------------------------------------------------------------------------
+    def ring_by_slug(self, slug: str) -> dict[str, Any] | None:
+        return self.one('SELECT * FROM "Ring" WHERE "slug" = %s', (slug,))
+
+    def ring_by_id(self, ring_id: str) -> dict[str, Any] | None:
+        return self.one('SELECT "id", "slug", "name", "parentId" FROM "Ring" WHERE "id" = %s', (ring_id,))
+
+    def ring_counts(self, ring_id: str) -> tuple[int, int]:
+        row = self.one(
+            'SELECT (SELECT count(*) FROM "Membership" WHERE "ringId" = %s AND "status" = \'ACTIVE\') AS members, '
+            '(SELECT count(*) FROM "PostRef" WHERE "ringId" = %s AND "status" = \'ACCEPTED\') AS posts',
+            (ring_id, ring_id),
+        )
+        assert row is not None
+        return int(row["members"]), int(row["posts"])
+
+    def ring_children(self, ring_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            'SELECT r."id", r."slug", r."name", (SELECT count(*) FROM "Membership" m WHERE m."ringId" = r."id" '
+            'AND m."status" = \'ACTIVE\') AS "memberCount" FROM "Ring" r WHERE r."parentId" = %s '
+            'ORDER BY r."createdAt"',
+            (ring_id,),
+        )
+
+    def ring_roles(self, ring_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            'SELECT "id", "name", "permissions" FROM "RingRole" WHERE "ringId" = %s ORDER BY "name"', (ring_id,)
+        )
+
+    def actor_blocked(self, actor_did: str, ring_id: str) -> bool:
+        try:
+            row = self.one('SELECT 1 AS b FROM "Block" WHERE "ringId" = %s AND "targetDid" = %s', (ring_id, actor_did))
+        except psycopg2.errors.UndefinedTable:
+            return False
+        return row is not None
+
+    def pending_invitation(self, actor_did: str, ring_id: str) -> dict[str, Any] | None:
+        try:
+            return self.one(
+                'SELECT "id" FROM "Invitation" WHERE "ringId" = %s AND "inviteeDid" = %s AND "status" = \'PENDING\' '
+                'AND "expiresAt" > %s LIMIT 1',
+                (ring_id, actor_did, utcnow()),
+            )
+        except psycopg2.errors.UndefinedTable:
+            return None
+
+    def accept_invitation(self, invitation_id: str) -> None:
+        self.execute('UPDATE "Invitation" SET "status" = \'ACCEPTED\' WHERE "id" = %s', (invitation_id,))
+
+    # -- actors and their keys ---------------------------------------------------------
+    def actor(self, did: str) -> dict[str, Any] | None:
+        return self.one('SELECT "did", "name", "verified", "trusted" FROM "Actor" WHERE "did" = %s', (did,))
+
+    def upsert_verified_actor(self, did: str, name: str | None, public_key: str, instance_url: str | None) -> None:
+        now = utcnow()
+        self.execute(
+            'INSERT INTO "Actor" ("id", "did", "name", "type", "instanceUrl", "publicKey", "verified", '
+            '"discoveredAt", "lastSeenAt") VALUES (%s, %s, %s, \'USER\', %s, %s, true, %s, %s) '
+            'ON CONFLICT ("did") DO UPDATE SET "verified" = true, "publicKey" = EXCLUDED."publicKey", '
+            '"lastSeenAt" = EXCLUDED."lastSeenAt", "name" = COALESCE("Actor"."name", EXCLUDED."name")',
+            (new_id(), did, name, instance_url, public_key, now, now),
+        )
+
+    def cached_key(self, key_id: str) -> dict[str, Any] | None:
+        return self.one(
+            'SELECT "publicKey", "actorDid", "expiresAt" FROM "HttpSignature" WHERE "keyId" = %s', (key_id,)
+        )
+
+    def store_key(self, key_id: str, public_key_b64: str, actor_did: str, expires_at: datetime) -> None:
+        now = utcnow()
+        self.execute(
+            'INSERT INTO "HttpSignature" ("id", "keyId", "publicKey", "actorDid", "createdAt", "updatedAt", '
+            '"lastUsed", "expiresAt") VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT ("keyId") DO UPDATE SET '
+            '"publicKey" = EXCLUDED."publicKey", "actorDid" = EXCLUDED."actorDid", "updatedAt" = EXCLUDED."updatedAt", '
+            '"lastUsed" = EXCLUDED."lastUsed", "expiresAt" = EXCLUDED."expiresAt"',
+            (new_id(), key_id, public_key_b64, actor_did, now, now, now, expires_at),
+        )
+
+    def touch_key(self, key_id: str) -> None:
+        self.execute('UPDATE "HttpSignature" SET "lastUsed" = %s WHERE "keyId" = %s', (utcnow(), key_id))
+
+    # -- memberships -------------------------------------------------------------------
+    def membership(self, ring_id: str, actor_did: str) -> dict[str, Any] | None:
+        return self.one(
+            'SELECT m.*, r."name" AS "roleName" FROM "Membership" m LEFT JOIN "RingRole" r ON r."id" = m."roleId" '
+            'WHERE m."ringId" = %s AND m."actorDid" = %s',
+            (ring_id, actor_did),
+        )
+
+    def upsert_membership(
+        self, ring_id: str, actor_did: str, role_id: str, status: str, message: str | None, metadata: Any
+    ) -> dict[str, Any]:
+        now = utcnow()
+        joined = now if status == "ACTIVE" else None
+        meta = json.dumps(metadata) if metadata is not None else None
+        row = self.one(
+            'INSERT INTO "Membership" ("id", "ringId", "actorDid", "roleId", "status", "joinedAt", "updatedAt", '
+            '"applicationMessage", "metadata") VALUES (%s, %s, %s, %s, %s::"MembershipStatus", %s, %s, %s, %s::jsonb) '
+            'ON CONFLICT ("ringId", "actorDid") DO UPDATE SET "status" = EXCLUDED."status", '
+            '"roleId" = EXCLUDED."roleId", '
+            '"joinedAt" = COALESCE(EXCLUDED."joinedAt", "Membership"."joinedAt"), "updatedAt" = EXCLUDED."updatedAt", '
+            '"applicationMessage" = COALESCE(EXCLUDED."applicationMessage", "Membership"."applicationMessage"), '
+            '"metadata" = COALESCE(EXCLUDED."metadata", "Membership"."metadata") '
+            'RETURNING "id", "joinedAt", "status"',
+            (new_id(), ring_id, actor_did, role_id, status, joined, now, message, meta),
+        )
+        assert row is not None
+        return row
+
+    def set_membership_badge(self, membership_id: str, badge_id: str) -> None:
+        self.execute(
+            'UPDATE "Membership" SET "badgeId" = %s, "updatedAt" = %s WHERE "id" = %s',
+            (badge_id, utcnow(), membership_id),
+        )
+
+    def leave(self, membership_id: str, reason: str | None) -> None:
+        now = utcnow()
+        self.execute(
+            'UPDATE "Membership" SET "status" = \'REVOKED\', "leftAt" = %s, "leaveReason" = %s, "updatedAt" = %s '
+            'WHERE "id" = %s',
+            (now, reason, now, membership_id),
+        )
+
+    def active_member_count_except(self, ring_id: str, actor_did: str) -> int:
+        row = self.one(
+            'SELECT count(*) AS n FROM "Membership" WHERE "ringId" = %s AND "actorDid" <> %s AND "status" = \'ACTIVE\'',
+            (ring_id, actor_did),
+        )
+        return int(row["n"]) if row else 0
+
+    # -- badges ------------------------------------------------------------------------
+    def insert_badge(self, badge_id: str, membership_id: str, badge: dict[str, Any]) -> None:
+        self.execute(
+            'INSERT INTO "Badge" ("id", "membershipId", "badgeData", "issuedAt") VALUES (%s, %s, %s::jsonb, %s)',
+            (badge_id, membership_id, json.dumps(badge), utcnow()),
+        )
+
+    def revoke_badge(self, badge_id: str, reason: str) -> None:
+        self.execute(
+            'UPDATE "Badge" SET "revokedAt" = %s, "revocationReason" = %s WHERE "id" = %s', (utcnow(), reason, badge_id)
+        )
+
+    def badge(self, badge_id: str) -> dict[str, Any] | None:
+        return self.one(
+            'SELECT b.*, r."slug" AS "ringSlug", r."name" AS "ringName", rr."name" AS "roleName" FROM "Badge" b '
+            'JOIN "Membership" m ON m."id" = b."membershipId" JOIN "Ring" r ON r."id" = m."ringId" '
+            'LEFT JOIN "RingRole" rr ON rr."id" = m."roleId" WHERE b."id" = %s',
+            (badge_id,),
+        )
+
+    def actor_badges(self, did: str, status: str, limit: int, offset: int) -> list[dict[str, Any]]:
+        where = ['m."actorDid" = %s']
+        if status == "active":
+            where += ['b."revokedAt" IS NULL', "m.\"status\" = 'ACTIVE'"]
+        elif status == "revoked":
+            where.append('b."revokedAt" IS NOT NULL')
+        return self.query(
+            'SELECT b.*, r."slug" AS "ringSlug", r."name" AS "ringName", r."visibility" AS "ringVisibility", '
+            'rr."name" AS "roleName", m."joinedAt" AS "memberJoinedAt", m."status" AS "memberStatus" FROM "Badge" b '
+            'JOIN "Membership" m ON m."id" = b."membershipId" JOIN "Ring" r ON r."id" = m."ringId" '
+            'LEFT JOIN "RingRole" rr ON rr."id" = m."roleId" WHERE ' + " AND ".join(where) + " "
+            'ORDER BY b."issuedAt" DESC LIMIT %s OFFSET %s',
+            (did, limit, offset),
+        )
+
+    def all_badges(self) -> list[dict[str, Any]]:
+        return self.query('SELECT "id", "membershipId", "badgeData" FROM "Badge" ORDER BY "issuedAt"')
+
+    def replace_badge(self, old_id: str, new_id: str, membership_id: str, badge: dict[str, Any]) -> bool:
+        """The hub's start-up re-sign of one badge, in one transaction: insert the copy
+        under ``new_id``, point the membership at it, delete the old row.
+
+        Returns False (and changes nothing) when the database refuses, as it does
+        while ``Badge.membershipId`` is unique and the old row still exists.
+        """
+        with self.connection() as conn:
+            conn.autocommit = False
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        'INSERT INTO "Badge" ("id", "membershipId", "badgeData", "issuedAt") '
+                        "VALUES (%s, %s, %s::jsonb, %s)",
+                        (new_id, membership_id, json.dumps(badge), utcnow()),
+                    )
+                    cur.execute('UPDATE "Membership" SET "badgeId" = %s WHERE "id" = %s', (new_id, membership_id))
+                    cur.execute('DELETE FROM "Badge" WHERE "id" = %s', (old_id,))
+                conn.commit()
+                return True
+            except psycopg2.IntegrityError:
+                conn.rollback()
+                return False
+            finally:
+                if not conn.closed:
+                    conn.autocommit = True
+
+    def audit(self, ring_id: str, action: str, actor_did: str, metadata: dict[str, Any]) -> None:
+        clean = {k: v for k, v in metadata.items() if v is not None}
+        self.execute(
+            'INSERT INTO "AuditLog" ("id", "ringId", "action", "actorDid", "metadata", "timestamp") '
+            "VALUES (%s, %s, %s, %s, %s::jsonb, %s)",
+            (new_id(), ring_id, action, actor_did, json.dumps(clean), utcnow()),
+        )
+
+
+class Cache:
+    """The Redis cache (DID documents), as the hub keeps it: best effort, errors only logged."""
+
+    def __init__(self, redis_url: str, timeout: float = 2.0) -> None:
+        self.client = redis.Redis.from_url(
+            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        )
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def get_json(self, key: str) -> Any:
+        try:
+            raw = self.client.get(key)
+        except redis.RedisError as exc:
+            LOG.warning("redis get failed: %s", type(exc).__name__)
+            return None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def set_json(self, key: str, value: Any, ttl: int) -> None:
+        if ttl <= 0:
+            return
+        try:
+            self.client.set(key, json.dumps(value), ex=ttl)
+        except redis.RedisError as exc:
+            LOG.warning("redis set failed: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
