@@ -241,7 +241,7 @@ def throughput(server: RedisServer, keys: int, batch_size: int) -> dict[str, Any
 
 def table(rows: list[dict[str, Any]]) -> str:
     heads = list(rows[0])
-    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _head in heads) + "|"]
     lines += ["| " + " | ".join(str(r[h]) for h in heads) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -493,7 +493,9 @@ class RedisCluster:
     def __init__(self, primaries: int = 3, replicas: int = 0, *, password: str | None = None, **kwargs: Any) -> None:
         if primaries < 3:
             raise ValueError("Redis Cluster needs at least 3 primaries")
-        self.nodes = [RedisServer(cluster=True, password=password, **kwargs) for _ in range(primaries * (1 + replicas))]
+        self.nodes = [
+            RedisServer(cluster=True, password=password, **kwargs) for _node in range(primaries * (1 + replicas))
+        ]
         self.n_primaries = primaries
         self.n_replicas = replicas
         self.password = password

@@ -44,7 +44,7 @@ def test_acl_server_password_and_users(redis_acl_server) -> None:
     with pytest.raises(redis.AuthenticationError):
         server.client(password="wrong").ping()
     server.fill(["k1", "k2"])
-    pw, _ = ACL_USERS["ringhub"]
+    pw = ACL_USERS["ringhub"][0]
     assert server.cli("DBSIZE", username="ringhub", password=pw) == "2"
     with server.client(username="noflush", password=ACL_USERS["noflush"][0]) as client:
         assert client.get("k1") == "v"

@@ -18,8 +18,8 @@ DATA: dict[int, list[str]] = {
 }
 
 
-def fill(server: RedisServer, data: dict[int, list[str]] = DATA) -> None:
-    for db, keys in data.items():
+def fill(server: RedisServer, data: dict[int, list[str]] | None = None) -> None:
+    for db, keys in (DATA if data is None else data).items():
         server.fill(keys, db=db)
 
 
