@@ -1,0 +1,410 @@
+#!/usr/bin/python
+# Copyright: Contributors to the threadring.ringhub collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pg_schema_reset
+short_description: Drop and recreate a Ring Hub schema from its Prisma migrations, in one transaction
+version_added: 0.1.0
+description:
+  - Drops the Ring Hub's PostgreSQL schema and recreates it from the deployment's own Prisma
+    migrations, recording C(_prisma_migrations) exactly as C(prisma migrate deploy) does, so later
+    C(prisma migrate deploy) runs keep working.
+  - Before anything is dropped every precondition is checked; any failure leaves the database
+    unchanged. Checked are the migrations (directory layout, C(migration_lock.toml) provider,
+    UTF-8, no statement that cannot run inside a transaction such as C(CREATE INDEX CONCURRENTLY),
+    C(VACUUM) or C(COMMIT)), the connection, the right of the connected role to drop and recreate
+    the schema with its owner, comment, privileges and default privileges, the environment marker,
+    the version of C(pg_dump) against the server and the backup directory.
+  - The reset lock is a session-level C(pg_try_advisory_lock(5938398973541048865)) on the target
+    database, taken before the backup and held until the commit. A second reset fails at once.
+  - A verified backup is taken first (unless O(backup=false)) with C(pg_dump --format=custom) into
+    O(backup_dir) (file mode C(0600)) and read back with C(pg_restore --list).
+  - The destructive part is one transaction; other sessions on the database are terminated
+    (except any session holding the reset lock), C(lock_timeout) is set, tables and row counts are
+    recorded, then C(DROP SCHEMA ... CASCADE), C(CREATE SCHEMA), every migration in lexical order
+    with one C(_prisma_migrations) row each, and the environment marker are committed together.
+    Any error rolls back to the untouched old database.
+  - The environment marker is a line C(ringhub.environment=<name>) in the database's comment
+    (C(COMMENT ON DATABASE); other lines of the comment are kept). It survives the schema drop, is
+    part of no schema Prisma manages, and the database owner can write it without superuser rights.
+author:
+  - ThreadRing Ring Hub maintainers (@threadring)
+extends_documentation_fragment:
+  - threadring.ringhub.postgresql
+options:
+  migrations_dir:
+    description:
+      - A Prisma migrations directory on the managed host (C(prisma/migrations)) holding
+        C(<timestamp>_<name>/migration.sql) directories, applied in lexical order, and a
+        C(migration_lock.toml) whose provider is C(postgresql).
+      - Exactly one of O(migrations_dir) and O(sql_files) is required.
+    type: path
+    version_added: 0.1.0
+  sql_files:
+    description:
+      - SQL files applied in the order given instead of a migrations directory. A file named
+        C(migration.sql) is recorded under its directory name, any other file under its name without C(.sql).
+    type: list
+    elements: path
+    version_added: 0.1.0
+  expected_environment:
+    description:
+      - The environment this database must belong to, for example C(production).
+      - A database marked as another environment is refused. An unmarked database is marked
+        with this value in the reset transaction (the result says so).
+      - Without this option a marked database is refused, so a marked database can only be reset
+        by naming its environment.
+    type: str
+    version_added: 0.1.0
+  backup:
+    description:
+      - Take and verify a C(pg_dump) backup of the whole database before the reset.
+      - Set to V(false) to skip it explicitly.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  backup_dir:
+    description:
+      - Existing directory for the backup file C(<database>-<schema>-<UTC time>.dump) (mode C(0600)).
+      - Required when O(backup=true).
+    type: path
+    version_added: 0.1.0
+  pg_dump_path:
+    description:
+      - The C(pg_dump) executable, or a directory holding it. Default is C(pg_dump) on E(PATH).
+      - It must be the server's major version or newer.
+    type: path
+    version_added: 0.1.0
+  pg_restore_path:
+    description:
+      - The C(pg_restore) executable, or a directory holding it. Default is the one next to
+        C(pg_dump), else C(pg_restore) on E(PATH).
+    type: path
+    version_added: 0.1.0
+  terminate_sessions:
+    description:
+      - Terminate the other sessions connected to the database at the start of the reset
+        transaction (the hub is restarted afterwards anyway). A session holding the reset lock is
+        never terminated. Sessions the role may not terminate are reported as warnings.
+    type: bool
+    default: true
+    version_added: 0.1.0
+  lock_timeout:
+    description:
+      - PostgreSQL C(lock_timeout) for the reset transaction, for example C(10s) or C(500ms).
+        A lock that cannot be had within it fails the reset, which then rolls back.
+    type: str
+    default: 10s
+    version_added: 0.1.0
+  allow_outside_drops:
+    description:
+      - C(DROP SCHEMA ... CASCADE) also drops objects in other schemas that depend on the schema
+        (foreign keys referencing its tables, views over them, columns of its types).
+        By default the preflight refuses such a reset and lists them; V(true) accepts the loss.
+    type: bool
+    default: false
+    version_added: 0.1.0
+  strip_transaction_control:
+    description:
+      - Plain C(BEGIN;), C(START TRANSACTION;), C(COMMIT;) and C(END;) statements in migrations (Prisma writes
+        them around enum changes) are refused by default, since a C(COMMIT) would end the reset transaction.
+      - With V(true) they are blanked out before execution (the checksum stays the one of the file) and
+        the migration runs inside the reset transaction, which is atomic anyway. C(ROLLBACK) and
+        C(BEGIN) with options are still refused.
+    type: bool
+    default: false
+    version_added: 0.1.0
+  migrations_role:
+    description:
+      - The role that runs the migrations (C(SET LOCAL ROLE)) and so owns the tables, types and
+        C(_prisma_migrations) they create. The connected role must be a member of it.
+      - Default is the owner of the existing tables of the schema when they all have one owner (so a
+        reset run by a superuser leaves the tables owned by the hub's role), else the connected role.
+    type: str
+    version_added: 0.1.0
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Runs every validation (migrations, connection, lock, rights, marker, pg_dump, backup
+        directory) and returns what would be dropped and applied; changes nothing.
+  diff_mode:
+    support: none
+    description: The result lists dropped tables and applied migrations instead.
+  idempotent:
+    support: none
+    description: Every run drops and recreates the schema; that is its purpose.
+notes:
+  - The password of the connection never appears in results, warnings or errors.
+  - See C(docs/pg_schema_reset.md) in the collection for the operator's view.
+seealso:
+  - module: threadring.ringhub.ring_seed
+"""
+
+EXAMPLES = r"""
+- name: Preflight (check mode) of the hub schema reset
+  threadring.ringhub.pg_schema_reset:
+    migrations_dir: /srv/ringhub/prisma/migrations
+    expected_environment: production
+    backup_dir: /var/backups/ringhub
+  environment:
+    DATABASE_URL: "{{ ringhub_database_url }}"
+  check_mode: true
+  register: preflight
+
+- name: Reset the hub schema
+  threadring.ringhub.pg_schema_reset:
+    database_url: "{{ ringhub_database_url }}"
+    migrations_dir: /srv/ringhub/prisma/migrations
+    expected_environment: production
+    backup_dir: /var/backups/ringhub
+  register: reset
+
+- name: Reset a staging database without a backup, discrete options
+  threadring.ringhub.pg_schema_reset:
+    login_host: 127.0.0.1
+    port: 5432
+    login_user: ringhub
+    login_password: "{{ vault_ringhub_pg_password }}"
+    db: ringhub_staging
+    schema: public
+    migrations_dir: /srv/ringhub/prisma/migrations
+    expected_environment: staging
+    backup: false
+"""
+
+RETURN = r"""
+connection:
+  description: Where the module connected (password masked, Prisma-only parameters removed).
+  returned: always
+  type: dict
+  sample:
+    host: 127.0.0.1
+    port: 5432
+    database: ringhub
+    user: ringhub
+    schema: public
+    source: database_url
+    url: "postgresql://ringhub:********@127.0.0.1:5432/ringhub?schema=public"
+database:
+  description: Name of the database.
+  returned: success
+  type: str
+schema:
+  description: The schema that was (or would be) reset.
+  returned: always
+  type: str
+server_version:
+  description: PostgreSQL server version.
+  returned: success
+  type: str
+role:
+  description: The role the module connected as.
+  returned: success
+  type: str
+schema_owner:
+  description: Owner of the schema (kept by the recreated schema).
+  returned: success
+  type: str
+migrations_role:
+  description: The role that ran (or would run) the migrations and owns the objects they create.
+  returned: success
+  type: str
+database_size:
+  description: Size of the database in bytes (C(pg_database_size)) at preflight time.
+  returned: success
+  type: int
+other_sessions:
+  description: Number of other sessions connected to the database at preflight time.
+  returned: success
+  type: int
+lock_key:
+  description: The advisory lock key of the reset lock.
+  returned: always
+  type: int
+  sample: 5938398973541048865
+migrations:
+  description: The migrations that are (or would be) applied, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: 20250822000746_init, checksum: 3f1c...}]
+applied:
+  description:
+    - Migrations applied, each with C(name), C(checksum) (lowercase hex SHA-256 of the file bytes),
+      C(path), C(started_at) and C(finished_at). Empty in check mode.
+  returned: success
+  type: list
+  elements: dict
+dropped:
+  description:
+    - What was (or in check mode would be) dropped. C(schemas), C(tables) (each C(name) and
+      C(rows), null when the role may not read the table), C(total_rows), C(objects) (counts of
+      tables, views, sequences, indexes, functions, types), C(extensions) installed in the schema and
+      C(outside_schema), objects in other schemas that the cascade drops.
+  returned: success
+  type: dict
+  sample:
+    schemas: [public]
+    tables: [{name: Ring, rows: 12}, {name: RingRole, rows: 36}]
+    total_rows: 48
+    objects: {tables: 2, views: 0, sequences: 0, indexes: 5, functions: 0, types: 3}
+    extensions: []
+    outside_schema: []
+backup:
+  description:
+    - The verified backup, C(path), C(size) (bytes), C(sha256), C(toc_entries) (entries listed by
+      C(pg_restore --list)), C(mode), C(pg_dump) and C(pg_dump_version).
+    - C(rows) holds the row count of every table of the schema in the backup (read in the snapshot
+      C(pg_dump) used), C(rows_written_after_backup) the difference per table between the backup
+      and the rows the reset dropped (rows written by the hub after the backup are not in it).
+    - With O(backup=false) or in check mode only C(skipped) (V(true)) and, in check mode, the C(pg_dump) that would run.
+  returned: success
+  type: dict
+  sample:
+    path: /var/backups/ringhub/ringhub-public-20261128T173000Z.dump
+    size: 48213
+    sha256: 9b2f...
+    toc_entries: 87
+    mode: "0600"
+backup_dir:
+  description: The checked backup directory and its free space in bytes.
+  returned: when O(backup=true)
+  type: dict
+environment:
+  description:
+    - The environment marker (C(ringhub.environment=<name>) in the database comment). C(expected),
+      C(found) (before the run), C(marked) (written by this run), C(would_mark) (check mode),
+      C(value) (after the run).
+  returned: success
+  type: dict
+  sample:
+    key: ringhub.environment
+    where: COMMENT ON DATABASE
+    expected: production
+    found: null
+    marked: true
+    would_mark: false
+    value: production
+terminated_sessions:
+  description: Sessions terminated at the start of the transaction (C(pid), C(user), C(application), C(terminated)).
+  returned: success and not in check mode
+  type: list
+  elements: dict
+transaction_control_removed:
+  description:
+    - Migration name to the lines of plain C(BEGIN;)/C(COMMIT;) statements blanked out
+      (O(strip_transaction_control=true)); empty otherwise.
+  returned: success
+  type: dict
+  sample: {20251201000000_alter_enum: [2, 9]}
+summary:
+  description: One line for a playbook summary or an audit record.
+  returned: success
+  type: str
+  sample: >-
+    schema public of database ringhub: dropped 13 tables (98211 rows), applied 8 migrations,
+    backup /var/backups/ringhub/ringhub-public-20261128T173000Z.dump (48213 bytes, sha256 9b2f...),
+    environment production, 2.014 s
+seconds:
+  description: Wall-clock seconds per phase (connect, lock, preflight, backup, reset, count) and total.
+  returned: success
+  type: dict
+  sample: {connect: 0.01, lock: 0.001, preflight: 0.2, backup: 0.4, reset: 0.3, total: 0.911}
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import PhaseTimer, RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
+    HAS_PSYCOPG2,
+    PSYCOPG2_IMPORT_ERROR,
+    pg_argument_spec,
+    pg_mutually_exclusive,
+    spec_from_params,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import (
+    check_migrations,
+    load_migrations_dir,
+    load_sql_files,
+    strip_transaction_brackets,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import ResetOptions, SchemaReset
+
+
+def main() -> None:
+    argument_spec = pg_argument_spec()
+    argument_spec.update(
+        migrations_dir=dict(type="path"),
+        sql_files=dict(type="list", elements="path"),
+        expected_environment=dict(type="str"),
+        backup=dict(type="bool", default=True),
+        backup_dir=dict(type="path"),
+        pg_dump_path=dict(type="path"),
+        pg_restore_path=dict(type="path"),
+        terminate_sessions=dict(type="bool", default=True),
+        lock_timeout=dict(type="str", default="10s"),
+        allow_outside_drops=dict(type="bool", default=False),
+        migrations_role=dict(type="str"),
+        strip_transaction_control=dict(type="bool", default=False),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=pg_mutually_exclusive() + [["migrations_dir", "sql_files"]],
+        required_one_of=[["migrations_dir", "sql_files"]],
+        required_if=[("backup", True, ["backup_dir"])],
+        supports_check_mode=True,
+    )
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
+    params = module.params
+    spec = None
+    timer = PhaseTimer()
+    try:
+        spec = spec_from_params(params)
+        module.no_log_values.update(spec.secrets)
+        with timer.phase("validate"):
+            if params["migrations_dir"]:
+                migrations = load_migrations_dir(params["migrations_dir"])
+            else:
+                migrations = load_sql_files(params["sql_files"])
+            check_migrations(migrations, params["strip_transaction_control"])
+            stripped = {}
+            if params["strip_transaction_control"]:
+                stripped = {m.name: lines for m in migrations if (lines := strip_transaction_brackets(m))}
+        options = ResetOptions(
+            schema=spec.schema,
+            expected_environment=params["expected_environment"],
+            backup=params["backup"],
+            backup_dir=params["backup_dir"],
+            pg_dump_path=params["pg_dump_path"],
+            pg_restore_path=params["pg_restore_path"],
+            terminate_sessions=params["terminate_sessions"],
+            lock_timeout=params["lock_timeout"],
+            allow_outside_drops=params["allow_outside_drops"],
+            migrations_role=params["migrations_role"],
+            check_mode=module.check_mode,
+        )
+        result = SchemaReset(spec, options, migrations, timer).run()
+    except RingHubError as exc:
+        msg = spec.redact(exc.msg) if spec else exc.msg
+        details = dict(exc.details)
+        if spec is not None:
+            details.setdefault("connection", spec.describe())
+        module.fail_json(msg=msg, exception=traceback.format_exc(), seconds=dict(timer.seconds), **details)
+    result["transaction_control_removed"] = stripped
+    if stripped:
+        module.warn(f"transaction brackets were removed from migrations (name: lines): {stripped}")
+    for warning in result.pop("warnings_list"):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

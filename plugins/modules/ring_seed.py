@@ -1,0 +1,261 @@
+#!/usr/bin/python
+# Copyright: Contributors to the threadring.ringhub collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ring_seed
+short_description: Create the Ring Hub's root ring and its roles
+version_added: 0.1.0
+description:
+  - Creates or corrects the root ring (C("Ring") row, slug C(spool) by default) and its roles
+    (C("RingRole") rows C(owner), C(moderator), C(member) with their permission arrays) exactly as
+    the Ring Hub's own reset wrote them.
+  - The ring gets a client-side uuid id, C(parentId) NULL, C(ownerDid) = the instance DID,
+    C(createdAt) and C(updatedAt) in UTC and a metadata JSON object with C(isRoot) V(true),
+    C(createdBy) V(system) and C(resetAt) the ISO time of the reset.
+  - Idempotent. Existing rows are compared with the desired state and only differences are
+    written, in one transaction. C(resetAt) is written when the ring is created (or its metadata
+    must be rewritten) and is never by itself a reason for a change.
+  - Roles of the ring that are not in O(roles) are left alone and reported in RV(extra_roles).
+  - Fails when the schema has no C("Ring") or C("RingRole") table (the schema reset did not run).
+author:
+  - ThreadRing Ring Hub maintainers (@threadring)
+extends_documentation_fragment:
+  - threadring.ringhub.postgresql
+options:
+  owner_did:
+    description:
+      - The instance DID, owner of the root ring. Validated as a DID (C(did:<method>:<id>)).
+      - Defaults to the E(INSTANCE_DID) environment variable of the module.
+    type: str
+    required: true
+    version_added: 0.1.0
+  slug:
+    description: Slug of the root ring. Defaults to E(ROOT_RING_SLUG) from the environment, else C(spool).
+    type: str
+    default: spool
+    version_added: 0.1.0
+  name:
+    description: Name of the root ring.
+    type: str
+    default: The Spool
+    version_added: 0.1.0
+  description:
+    description: Description of the root ring.
+    type: str
+    default: The root ThreadRing - the origin of all rings in this hub
+    version_added: 0.1.0
+  visibility:
+    description: C(visibility) of the root ring.
+    type: str
+    choices: [PUBLIC, UNLISTED, PRIVATE]
+    default: PUBLIC
+    version_added: 0.1.0
+  join_policy:
+    description: C(joinPolicy) of the root ring.
+    type: str
+    choices: [OPEN, APPLICATION, INVITATION, CLOSED]
+    default: OPEN
+    version_added: 0.1.0
+  post_policy:
+    description: C(postPolicy) of the root ring.
+    type: str
+    choices: [OPEN, MEMBERS, CURATED, CLOSED]
+    default: OPEN
+    version_added: 0.1.0
+  created_by:
+    description: The C(createdBy) value of the ring's metadata.
+    type: str
+    default: system
+    version_added: 0.1.0
+  roles:
+    description:
+      - Role name to permission list. Must include C(member) (the role the hub assigns on join).
+      - The default is the hub's owner, moderator and member roles.
+    type: dict
+    default:
+      owner: [manage_ring, manage_members, manage_roles, manage_posts, moderate_content, invite_members,
+              block_users, delete_ring]
+      moderator: [manage_members, manage_posts, moderate_content, invite_members, block_users]
+      member: [post_content, comment]
+    version_added: 0.1.0
+  expected_environment:
+    description:
+      - Refuse to write when the database carries an environment marker (the C(ringhub.environment=<name>)
+        line of its comment, see M(threadring.ringhub.pg_schema_reset)) naming another environment.
+        An unmarked database is accepted.
+    type: str
+    version_added: 0.1.0
+  reset_at:
+    description:
+      - The C(resetAt) written into the metadata (ISO 8601, for example C(2026-11-28T17:30:00.000Z)).
+        Defaults to the current time when the ring is created; an existing C(resetAt) is kept.
+    type: str
+    version_added: 0.1.0
+attributes:
+  check_mode:
+    support: full
+    description: Reads and compares; writes nothing and reports what would change.
+  diff_mode:
+    support: full
+    description: Returns the ring and roles before and after.
+  idempotent:
+    support: full
+    description: A rerun with the same options reports C(changed=false).
+seealso:
+  - module: threadring.ringhub.pg_schema_reset
+"""
+
+EXAMPLES = r"""
+- name: Create the root ring after the schema reset
+  threadring.ringhub.ring_seed:
+    database_url: "{{ ringhub_database_url }}"
+    owner_did: "did:web:{{ ringhub_public_host }}"
+
+- name: Root ring with another slug, DATABASE_URL and INSTANCE_DID from the environment
+  threadring.ringhub.ring_seed:
+    slug: root
+  environment:
+    DATABASE_URL: "{{ ringhub_database_url }}"
+    INSTANCE_DID: "did:web:hub.example.com"
+"""
+
+RETURN = r"""
+ring:
+  description: The root ring after the run (C(id) is null when check mode would create it).
+  returned: success
+  type: dict
+  sample:
+    id: 0b8c5d0e-6f7a-4c55-9a1b-1f2e3d4c5b6a
+    slug: spool
+    name: The Spool
+    description: The root ThreadRing - the origin of all rings in this hub
+    visibility: PUBLIC
+    join_policy: OPEN
+    post_policy: OPEN
+    owner_did: did:web:hub.example.com
+    parent_id: null
+    metadata: {isRoot: true, createdBy: system, resetAt: "2026-11-28T17:30:00.123Z"}
+roles:
+  description: The ring's roles after the run (C(id) null for roles check mode would create).
+  returned: success
+  type: list
+  elements: dict
+  sample: [{name: member, id: 6d1f..., permissions: [post_content, comment]}]
+other_root_rings:
+  description: Slugs of other rings whose metadata marks them as root (a warning is given too).
+  returned: success
+  type: list
+  elements: str
+extra_roles:
+  description: Roles of the ring not named in O(roles); left unchanged.
+  returned: success
+  type: list
+  elements: str
+actions:
+  description: What was (or in check mode would be) done.
+  returned: success
+  type: list
+  elements: str
+  sample: [create ring spool, create role owner, create role moderator, create role member]
+queries:
+  description: The SQL statements that wrote (or would write) data, without their values.
+  returned: success
+  type: list
+  elements: str
+schema:
+  description: The schema the ring lives in.
+  returned: success
+  type: str
+environment:
+  description: The environment marker of the database (null when unmarked).
+  returned: success
+  type: str
+  sample: production
+connection:
+  description: Where the module connected (password masked).
+  returned: always
+  type: dict
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
+    HAS_PSYCOPG2,
+    PSYCOPG2_IMPORT_ERROR,
+    pg_argument_spec,
+    pg_mutually_exclusive,
+    spec_from_params,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
+    DEFAULT_ROLES,
+    ROOT_RING_DESCRIPTION,
+    ROOT_RING_NAME,
+    RingSeeder,
+    RootRing,
+)
+
+
+def main() -> None:
+    argument_spec = pg_argument_spec()
+    argument_spec.update(
+        owner_did=dict(type="str", required=True, fallback=(env_fallback, ["INSTANCE_DID"])),
+        slug=dict(type="str", default="spool", fallback=(env_fallback, ["ROOT_RING_SLUG"])),
+        name=dict(type="str", default=ROOT_RING_NAME),
+        description=dict(type="str", default=ROOT_RING_DESCRIPTION),
+        visibility=dict(type="str", default="PUBLIC", choices=["PUBLIC", "UNLISTED", "PRIVATE"]),
+        join_policy=dict(type="str", default="OPEN", choices=["OPEN", "APPLICATION", "INVITATION", "CLOSED"]),
+        post_policy=dict(type="str", default="OPEN", choices=["OPEN", "MEMBERS", "CURATED", "CLOSED"]),
+        created_by=dict(type="str", default="system"),
+        roles=dict(type="dict", default=DEFAULT_ROLES),
+        reset_at=dict(type="str"),
+        expected_environment=dict(type="str"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=pg_mutually_exclusive(),
+        supports_check_mode=True,
+    )
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
+    params = module.params
+    spec = None
+    try:
+        spec = spec_from_params(params)
+        module.no_log_values.update(spec.secrets)
+        desired = RootRing(
+            owner_did=params["owner_did"],
+            slug=params["slug"],
+            name=params["name"],
+            description=params["description"],
+            visibility=params["visibility"],
+            join_policy=params["join_policy"],
+            post_policy=params["post_policy"],
+            created_by=params["created_by"],
+            roles=params["roles"],
+            reset_at=params["reset_at"],
+        )
+        result = RingSeeder(
+            spec, desired, check_mode=module.check_mode, expected_environment=params["expected_environment"]
+        ).run()
+    except RingHubError as exc:
+        details = dict(exc.details)
+        if spec is not None:
+            details.setdefault("connection", spec.describe())
+        module.fail_json(msg=spec.redact(exc.msg) if spec else exc.msg, exception=traceback.format_exc(), **details)
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
+    for warning in spec.warnings + result.pop("warnings_list"):
+        module.warn(warning)
+    module.exit_json(connection=spec.describe(), **result)
+
+
+if __name__ == "__main__":
+    main()

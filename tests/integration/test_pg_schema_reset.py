@@ -1,0 +1,625 @@
+"""pg_schema_reset run as Ansible runs it, against real PostgreSQL.
+
+Every fault test checks the real state afterwards: every old row is still in
+place (row counts before == after) and the schema is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
+    _OTHER_SESSIONS_SQL,
+    LOCK_CLASSID,
+    LOCK_OBJID,
+    PRISMA_MIGRATIONS_DDL,
+    RESET_LOCK_KEY,
+)
+from harness.ansible import run_module
+from harness.datagen import seed_hub_data
+from harness.pg import apply_migrations_with_psql, schema_dump
+
+APP = "threadring.ringhub.pg_schema_reset"
+UUID4_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def seeded(db, migrations: Path, rings: int = 4) -> dict[str, int]:
+    apply_migrations_with_psql(db, migrations)
+    seed_hub_data(db, rings=rings, members_per_ring=3)
+    return db.row_counts()
+
+
+def args_for(db, migrations: Path, backup_dir: Path | None = None, **extra) -> dict:
+    args = {"database_url": db.url(params="schema=public&connection_limit=5"), "migrations_dir": str(migrations)}
+    if backup_dir is None:
+        args["backup"] = False
+    else:
+        args["backup_dir"] = str(backup_dir)
+    args.update(extra)
+    return args
+
+
+def copy_migrations(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def last_migration(migrations: Path) -> Path:
+    return sorted(migrations.glob("*/migration.sql"))[-1]
+
+
+def assert_no_secret(res, secret: str) -> None:
+    assert secret not in res.output
+    assert secret not in json.dumps(res.result)
+
+
+def marker(db) -> str | None:
+    """The marker line of the database comment, read straight from the catalog."""
+    comment = db.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db.name,))
+    found = re.findall(r"(?m)^ringhub\.environment=(.*)$", comment[0][0] or "")
+    return found[-1] if found else None
+
+
+def test_reset_rebuilds_schema_records_history_and_keeps_a_restorable_backup(
+    pg_server, pg_db, any_migrations, tmp_path
+) -> None:
+    before = seeded(pg_db, any_migrations)
+    assert before["Ring"] == 4
+    res = run_module("pg_schema_reset", args_for(pg_db, any_migrations, tmp_path), verbosity=3)
+    assert not res.failed, res.msg
+    assert res.changed
+    result = res.result
+
+    # The old rows are gone; the result recorded them table by table.
+    assert all(n == 0 for t, n in pg_db.row_counts().items() if t != "_prisma_migrations")
+    assert {t["name"]: t["rows"] for t in result["dropped"]["tables"]} == before
+    assert result["dropped"]["schemas"] == ["public"]
+    assert result["dropped"]["total_rows"] == sum(before.values())
+
+    # The schema equals one built with psql from the same files plus Prisma's own history table.
+    reference = pg_server.create_database()
+    try:
+        apply_migrations_with_psql(reference, any_migrations)
+        reference.psql(sql=PRISMA_MIGRATIONS_DDL)
+        assert schema_dump(pg_db) == schema_dump(reference)
+    finally:
+        pg_server.drop_database(reference.name)
+    assert pg_db.query("SELECT obj_description('public'::regnamespace, 'pg_namespace')")[0][0] == (
+        "standard public schema"
+    )
+    assert pg_db.query("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'")[0][0] == (
+        "pg_database_owner"
+    )
+
+    # _prisma_migrations: one row per migration, as Prisma Migrate writes it.
+    files = sorted(any_migrations.glob("*/migration.sql"))
+    rows = pg_db.query(
+        "SELECT id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, applied_steps_count "
+        "FROM _prisma_migrations ORDER BY started_at"
+    )
+    assert [r[3] for r in rows] == [f.parent.name for f in files]
+    assert [r[1] for r in rows] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    for id_, _checksum, finished, _name, logs, rolled_back, started, steps in rows:
+        assert UUID4_RE.match(id_)
+        assert finished is not None and started <= finished
+        assert logs is None and rolled_back is None and steps == 1
+    assert [(a["name"], a["checksum"]) for a in result["applied"]] == [(r[3], r[1]) for r in rows]
+
+    # The backup: private file, size and sha256 as returned, and it restores the old rows.
+    backup = result["backup"]
+    path = Path(backup["path"])
+    assert path.parent == tmp_path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert backup["size"] == path.stat().st_size
+    assert backup["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert backup["toc_entries"] > len(before)
+    assert backup["rows"] == before and backup["rows_written_after_backup"] == {}
+    restored = pg_server.create_database()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"PGPASSWORD": pg_server.password}
+        subprocess.run(
+            [pg_server.tool("pg_restore"), "--exit-on-error", "-h", pg_server.host, "-p", str(pg_server.port),
+             "-U", pg_server.superuser, "-d", restored.name, str(path)],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        assert restored.row_counts() == before
+    finally:
+        pg_server.drop_database(restored.name)
+
+    assert set(result["seconds"]) >= {"validate", "connect", "lock", "preflight", "backup", "reset", "total"}
+    assert result["summary"].startswith(f"schema public of database {pg_db.name}: dropped {len(before)} tables")
+    assert backup["sha256"] in result["summary"]
+    assert result["connection"]["url"].count("********") == 1
+    assert_no_secret(res, pg_server.password)
+
+
+def test_check_mode_is_the_preflight_and_changes_nothing(pg_server, pg_db, fixture_migrations, tmp_path) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    dump = schema_dump(pg_db)
+    args = args_for(pg_db, fixture_migrations, tmp_path, expected_environment="production")
+    res = run_module("pg_schema_reset", args, check=True, verbosity=3)
+    assert not res.failed, res.msg
+    assert res.changed
+    result = res.result
+    assert {t["name"]: t["rows"] for t in result["dropped"]["tables"]} == before
+    assert result["dropped"]["schemas"] == ["public"]
+    assert result["dropped"]["objects"]["tables"] == len(before)
+    assert [m["name"] for m in result["migrations"]] == sorted(
+        p.name for p in fixture_migrations.iterdir() if p.is_dir()
+    )
+    assert result["applied"] == []
+    assert result["backup"]["skipped"] is True and result["backup"]["pg_dump_version"].startswith("15")
+    assert result["environment"]["would_mark"] is True and result["environment"]["found"] is None
+    # Nothing changed: rows, schema, no backup file, no marker, no history table.
+    assert pg_db.row_counts() == before
+    assert schema_dump(pg_db) == dump
+    assert list(tmp_path.iterdir()) == []
+    assert marker(pg_db) is None
+    assert_no_secret(res, pg_server.password)
+
+
+def test_broken_last_migration_rolls_back_everything(pg_server, pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    before = seeded(pg_db, migrations)
+    dump = schema_dump(pg_db)
+    broken = last_migration(migrations)
+    broken.write_text(broken.read_text() + '\nALTER TABLE "Ring" ADD COLUMN "oops" NO_SUCH_TYPE;\n')
+    line = broken.read_text().splitlines().index('ALTER TABLE "Ring" ADD COLUMN "oops" NO_SUCH_TYPE;') + 1
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, expected_environment="test"), verbosity=3)
+    assert res.failed
+    assert broken.parent.name in res.msg and str(broken) in res.msg
+    assert 'type "no_such_type" does not exist' in res.msg and f"line {line}" in res.msg
+    assert res.result["sqlstate"] == "42704"
+    assert pg_db.row_counts() == before
+    assert schema_dump(pg_db) == dump
+    assert marker(pg_db) is None
+    # The reset lock went with the module's session.
+    assert pg_db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0] == 0
+    assert_no_secret(res, pg_server.password)
+
+
+def test_connection_terminated_during_a_migration_leaves_the_old_database(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    before = seeded(pg_db, migrations)
+    slow = last_migration(migrations)
+    slow.write_text(slow.read_text() + "\nSELECT pg_sleep(60);\n")
+    box: dict = {}
+    runner = threading.Thread(
+        target=lambda: box.setdefault("res", run_module("pg_schema_reset", args_for(pg_db, migrations)))
+    )
+    runner.start()
+    killed = False
+    deadline = time.monotonic() + 90
+    while not killed and runner.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(psycopg2.Error):
+            killed = bool(
+                pg_db.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = %s AND query LIKE '%%pg_sleep%%'",
+                    (pg_db.name, APP),
+                )
+            )
+        time.sleep(0.1)
+    runner.join(120)
+    assert killed
+    res = box["res"]
+    assert res.failed
+    assert slow.parent.name in res.msg and "nothing was changed" in res.msg
+    assert pg_db.row_counts() == before
+
+
+def test_second_reset_fails_fast_and_leaves_the_lock_holder_alone(pg_db, fixture_migrations, tmp_path) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    holder = pg_db.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SET application_name = 'first reset'")
+            cur.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (RESET_LOCK_KEY,))
+            locked, pid = cur.fetchone()
+        assert locked
+        res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, tmp_path))
+        assert res.failed
+        assert "another schema reset is running" in res.msg and f"pid {pid}" in res.msg and "first reset" in res.msg
+        assert res.result["lock_holder_pid"] == pid
+        # The holder was not terminated, no backup was taken, nothing changed.
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        assert list(tmp_path.iterdir()) == []
+        assert pg_db.row_counts() == before
+    finally:
+        holder.close()
+
+
+def test_other_sessions_are_terminated_or_the_lock_timeout_fails_cleanly(pg_db, fixture_migrations) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    blocker = pg_db.connect(autocommit=False)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute('SELECT count(*) FROM "Ring"')  # holds an AccessShare lock, idle in transaction
+            blocker_pid = blocker.get_backend_pid()
+        res = run_module(
+            "pg_schema_reset", args_for(pg_db, fixture_migrations, terminate_sessions=False, lock_timeout="1s")
+        )
+        assert res.failed
+        assert "lock timeout" in res.msg and "nothing was changed" in res.msg
+        assert pg_db.row_counts() == before
+
+        res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations))
+        assert not res.failed, res.msg
+        assert [s["pid"] for s in res.result["terminated_sessions"] if s["terminated"]] == [blocker_pid]
+        assert pg_db.query('SELECT count(*) FROM "Ring"')[0][0] == 0
+        with pytest.raises(psycopg2.Error), blocker.cursor() as cur:
+            cur.execute("SELECT 1")
+    finally:
+        blocker.close()
+
+
+def test_wrong_password_names_the_server_and_hides_the_password(pg_server, pg_db, fixture_migrations) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    wrong = "Wr0ng-" + secrets.token_hex(8)
+    args = args_for(pg_db, fixture_migrations)
+    args["database_url"] = pg_db.url(password=wrong, user="postgres", params="schema=public")
+    res = run_module("pg_schema_reset", args, verbosity=3)
+    assert res.failed
+    assert "cannot connect to PostgreSQL at host 127.0.0.1" in res.msg
+    assert f"port {pg_server.port}" in res.msg and pg_db.name in res.msg
+    assert "password authentication failed" in res.msg
+    assert_no_secret(res, wrong)
+    assert pg_db.row_counts() == before
+
+
+def test_environment_marker_is_written_checked_and_survives_the_drop(pg_db, fixture_migrations) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, expected_environment="production"))
+    assert not res.failed, res.msg
+    env = res.result["environment"]
+    assert env["found"] is None and env["marked"] is True and env["value"] == "production"
+    assert any("now marked as 'production'" in w for w in res.result.get("warnings", []))
+    assert marker(pg_db) == "production"
+
+    seed_hub_data(pg_db, rings=2, members_per_ring=1)
+    after_seed = pg_db.row_counts()
+    for expected, text in (("staging", "marked as environment 'production'"), (None, "expected_environment")):
+        extra = {"expected_environment": expected} if expected else {}
+        res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, **extra))
+        assert res.failed and text in res.msg and "nothing was changed" in res.msg
+        assert pg_db.row_counts() == after_seed
+    assert sum(after_seed.values()) > 0 and sum(before.values()) > 0
+
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, expected_environment="production"))
+    assert not res.failed, res.msg
+    assert res.result["environment"]["marked"] is False and res.result["environment"]["found"] == "production"
+    assert pg_db.query('SELECT count(*) FROM "Ring"')[0][0] == 0
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """Small tmpfs mounts (needs root); a factory taking mount options."""
+    mounts: list[Path] = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounts)}"
+        point.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, check=False
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize("case", ["missing", "a_file", "read_only", "full"])
+def test_backup_dir_faults_fail_before_the_drop(case, pg_db, fixture_migrations, tmp_path, tiny_mount) -> None:
+    before = seeded(pg_db, fixture_migrations, rings=12)
+    dump = schema_dump(pg_db)
+    if case == "missing":
+        backup_dir, text = tmp_path / "nope", "does not exist"
+    elif case == "a_file":
+        backup_dir, text = tmp_path / "file", "is not a directory"
+        backup_dir.write_text("x")
+    elif case == "read_only" and os.geteuid() != 0:
+        backup_dir, text = tmp_path / "ro", "is not writable"
+        backup_dir.mkdir(mode=0o500)
+    elif case == "read_only":  # root writes through file modes: a read-only mount
+        backup_dir, text = tiny_mount("size=32k,ro"), "is not writable"
+    else:
+        backup_dir, text = tiny_mount("size=8k,mode=0700"), "No space left on device"
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backup_dir))
+    assert res.failed
+    assert text in res.msg and "nothing was changed" in res.msg or text in res.msg
+    assert pg_db.row_counts() == before
+    assert schema_dump(pg_db) == dump
+    if case == "full":
+        assert "pg_dump" in res.msg and list(backup_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["not_on_path", "bad_option", "too_old"])
+def test_pg_dump_missing_or_too_old_fails_before_the_drop(case, pg_db, fixture_migrations, tmp_path) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+    args = args_for(pg_db, fixture_migrations, backup_dir)
+    task_env = None
+    if case == "not_on_path":
+        empty = tmp_path / "bin"
+        empty.mkdir()
+        task_env = {"PATH": str(empty)}
+        text = "pg_dump not found on PATH"
+    elif case == "bad_option":
+        args["pg_dump_path"] = str(tmp_path / "no" / "pg_dump")
+        text = "no executable pg_dump"
+    else:
+        old = tmp_path / "old" / "pg_dump"
+        old.parent.mkdir()
+        old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.9'\n")
+        old.chmod(0o755)
+        args["pg_dump_path"] = str(old)
+        text = "older than the server"
+    res = run_module("pg_schema_reset", args, task_env=task_env)
+    assert res.failed
+    assert text in res.msg, res.msg
+    assert pg_db.row_counts() == before
+    assert list(backup_dir.iterdir()) == []
+
+
+def test_unsafe_migration_is_refused_before_connecting(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    before = seeded(pg_db, migrations)
+    last = last_migration(migrations)
+    last.write_text(
+        last.read_text() + "\n-- CREATE INDEX CONCURRENTLY in a comment is fine\n"
+        'CREATE INDEX CONCURRENTLY "Ring_name_idx" ON "Ring"("name");\n'
+    )
+    line = len(last.read_text().splitlines())
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, tmp_path / "unused"))
+    assert res.failed
+    assert f"{last} line {line}: CREATE INDEX CONCURRENTLY" in res.msg
+    assert pg_db.row_counts() == before
+    assert pg_db.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'Ring_name_idx'")[0][0] == 0
+
+
+def test_prisma_url_with_a_non_public_schema(pg_db, fixture_migrations) -> None:
+    pg_db.execute("CREATE TABLE public.keep_me (id int)")
+    pg_db.execute("INSERT INTO public.keep_me VALUES (1), (2)")
+    url = pg_db.url(params="schema=hub&connection_limit=5&pool_timeout=10")
+    args = {"database_url": url, "migrations_dir": str(fixture_migrations), "backup": False}
+    first = run_module("pg_schema_reset", args)
+    assert not first.failed, first.msg
+    assert first.result["dropped"]["schemas"] == [] and first.result["schema"] == "hub"
+    assert "Ring" in pg_db.row_counts("hub") and "_prisma_migrations" in pg_db.row_counts("hub")
+    assert pg_db.query("SELECT count(*) FROM hub._prisma_migrations")[0][0] == 3
+    seed_hub_data(pg_db, rings=2, members_per_ring=1, schema="hub")
+    # A view in public over hub."Ring" would go with the cascade: refused unless allowed.
+    pg_db.execute('CREATE VIEW public.ring_names AS SELECT name FROM hub."Ring"')
+    refused = run_module("pg_schema_reset", args)
+    assert refused.failed and "would also drop objects in other schemas: view public.ring_names" in refused.msg
+    assert pg_db.query('SELECT count(*) FROM hub."Ring"')[0][0] == 2
+    second = run_module("pg_schema_reset", dict(args, allow_outside_drops=True))
+    assert not second.failed, second.msg
+    assert second.result["dropped"]["schemas"] == ["hub"]
+    assert {t["name"]: t["rows"] for t in second.result["dropped"]["tables"]}["Ring"] == 2
+    assert pg_db.query('SELECT count(*) FROM hub."Ring"')[0][0] == 0
+    assert pg_db.query("SELECT count(*) FROM public.keep_me")[0][0] == 2
+    assert "Ring" not in pg_db.row_counts("public")
+    assert second.result["dropped"]["outside_schema"] == ["view public.ring_names"]
+    assert pg_db.query("SELECT to_regclass('public.ring_names')") == [(None,)]
+
+
+def test_sql_files_apply_in_the_given_order(pg_db, tmp_path) -> None:
+    first, empty, second = tmp_path / "one.sql", tmp_path / "two" / "migration.sql", tmp_path / "three.sql"
+    empty.parent.mkdir()
+    first.write_text("CREATE TABLE t (id int);\n")
+    empty.write_text("")
+    second.write_text("-- adds a column\nALTER TABLE t ADD COLUMN note text;\n")
+    args = {"database_url": pg_db.url(), "sql_files": [str(first), str(empty), str(second)], "backup": False}
+    res = run_module("pg_schema_reset", args)
+    assert not res.failed, res.msg
+    assert [a["name"] for a in res.result["applied"]] == ["one", "two", "three"]
+    assert pg_db.query("SELECT migration_name FROM _prisma_migrations ORDER BY started_at") == [
+        ("one",),
+        ("two",),
+        ("three",),
+    ]
+    assert pg_db.query("SELECT column_name FROM information_schema.columns WHERE table_name = 't' ORDER BY 1") == [
+        ("id",),
+        ("note",),
+    ]
+
+
+@pytest.fixture
+def owned_db(pg_server):
+    """A database owned by a non-superuser role, plus a reader role and a role with no rights."""
+    tag = secrets.token_hex(4)
+    owner, reader, outsider = f"hubowner_{tag}", f"reader_{tag}", f"outsider_{tag}"
+    passwords = {name: "pw-" + secrets.token_hex(10) for name in (owner, outsider)}
+    pg_server.create_role(owner, passwords[owner])
+    pg_server.create_role(reader)
+    pg_server.create_role(outsider, passwords[outsider])
+    db = pg_server.create_database(owner=owner)
+    try:
+        yield db, owner, reader, outsider, passwords
+    finally:
+        pg_server.drop_database(db.name)
+        for role in (owner, reader, outsider):
+            pg_server.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_non_superuser_owner_keeps_owner_and_privileges_and_outsider_is_refused(owned_db, fixture_migrations) -> None:
+    db, owner, reader, outsider, passwords = owned_db
+    apply_migrations_with_psql(db, fixture_migrations)
+    db.execute(f'ALTER TABLE public."Ring" OWNER TO "{owner}"')
+    db.execute(f'GRANT USAGE ON SCHEMA public TO "{reader}"')
+    db.execute(f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public GRANT SELECT ON TABLES TO "{reader}"')
+    db.execute(f"COMMENT ON DATABASE \"{db.name}\" IS 'Ring Hub staging'")
+    seed_hub_data(db, rings=2, members_per_ring=1)
+    before = db.row_counts()
+    acl_sql = "SELECT nspacl::text, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
+    acl_before = db.query(acl_sql)
+
+    refused = run_module(
+        "pg_schema_reset",
+        {"database_url": db.url(user=outsider, password=passwords[outsider]),
+         "migrations_dir": str(fixture_migrations), "backup": False},
+    )  # fmt: skip
+    assert refused.failed
+    assert "may not drop schema 'public'" in refused.msg and "may not create schemas" in refused.msg
+    assert db.row_counts() == before
+
+    res = run_module(
+        "pg_schema_reset",
+        {"database_url": db.url(user=owner, password=passwords[owner], params="schema=public"),
+         "migrations_dir": str(fixture_migrations), "backup": False, "expected_environment": "staging"},
+        verbosity=3,
+    )  # fmt: skip
+    assert not res.failed, res.msg
+    assert res.result["role"] == owner
+    # Tables created by another role (here the superuser) cannot be counted by the owner role.
+    rows = {t["name"]: t["rows"] for t in res.result["dropped"]["tables"]}
+    assert rows["Ring"] == 2 and rows["Actor"] is None
+    assert any("row counts are unknown" in w for w in res.result["warnings"])
+    assert_no_secret(res, passwords[owner])
+    assert db.query(acl_sql) == acl_before
+    # The marker line joins the existing comment, which is kept.
+    assert db.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db.name,)) == [
+        ("Ring Hub staging\nringhub.environment=staging",)
+    ]
+    # Default privileges came back: the reader can read the tables the migrations created.
+    assert db.query(
+        "SELECT has_table_privilege(%s, 'public.\"Ring\"', 'SELECT'), pg_get_userbyid(relowner) "
+        "FROM pg_class WHERE oid = 'public.\"Ring\"'::regclass",
+        (reader,),
+    ) == [(True, owner)]
+    assert db.query('SELECT count(*) FROM "Membership"')[0][0] == 0
+
+
+def test_discrete_options_over_the_unix_socket_in_check_mode(pg_server, pg_db, fixture_migrations) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    args = {
+        "login_unix_socket": str(pg_server.socket_dir),
+        "port": pg_server.port,
+        "login_user": "postgres",
+        "db": pg_db.name,
+        "schema": "public",
+        "migrations_dir": str(fixture_migrations),
+        "backup": False,
+    }
+    res = run_module("pg_schema_reset", args, check=True)
+    assert not res.failed, res.msg
+    assert res.result["connection"]["host"] == str(pg_server.socket_dir)
+    assert res.result["connection"]["source"] == "options"
+    assert {t["name"]: t["rows"] for t in res.result["dropped"]["tables"]} == before
+    assert pg_db.row_counts() == before
+
+
+def test_the_terminate_list_spares_the_reset_lock_holder_and_itself(pg_db) -> None:
+    holder, idle, me = pg_db.connect(), pg_db.connect(), pg_db.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (RESET_LOCK_KEY,))
+        with me.cursor() as cur:
+            cur.execute(_OTHER_SESSIONS_SQL, (LOCK_CLASSID, LOCK_OBJID))
+            pids = {row[0] for row in cur.fetchall()}
+        assert idle.get_backend_pid() in pids
+        assert holder.get_backend_pid() not in pids and me.get_backend_pid() not in pids
+    finally:
+        for conn in (holder, idle, me):
+            conn.close()
+
+
+def test_a_superuser_reset_keeps_the_tables_owned_by_the_hub_role(pg_server, owned_db, fixture_migrations) -> None:
+    db, owner, _reader, _outsider, passwords = owned_db
+    apply_migrations_with_psql(db, fixture_migrations)
+    db.execute(
+        f"""DO $$ DECLARE r record; BEGIN
+          FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
+            EXECUTE format('ALTER TABLE public.%I OWNER TO "{owner}"', r.tablename); END LOOP;
+          FOR r IN SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                   WHERE n.nspname = 'public' AND t.typtype = 'e' LOOP
+            EXECUTE format('ALTER TYPE public.%I OWNER TO "{owner}"', r.typname); END LOOP;
+        END $$"""
+    )
+    seed_hub_data(db, rings=2, members_per_ring=1)
+    res = run_module("pg_schema_reset", {"database_url": db.url(), "migrations_dir": str(fixture_migrations),
+                                         "backup": False})  # fmt: skip
+    assert not res.failed, res.msg
+    assert res.result["role"] == "postgres" and res.result["migrations_role"] == owner
+    owners = db.query(
+        "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'S', 'i')"
+    )
+    assert owners == [(owner,)]
+    assert db.query("SELECT DISTINCT pg_get_userbyid(typowner) FROM pg_type WHERE typtype = 'e'") == [(owner,)]
+    # The hub's role can use its tables right away.
+    conn = pg_server.connect(db.name, user=owner, password=passwords[owner])
+    try:
+        with conn.cursor() as cur:
+            cur.execute('INSERT INTO "Actor" (id, did, type) VALUES (%s, %s, %s)', ("a1", "did:web:x", "USER"))
+            cur.execute("SELECT count(*) FROM _prisma_migrations")
+            assert cur.fetchone() == (3,)
+    finally:
+        conn.close()
+
+
+ALTER_ENUM = """-- AlterEnum
+BEGIN;
+CREATE TYPE "ActorType_new" AS ENUM ('USER', 'SERVICE', 'INSTANCE', 'BOT');
+ALTER TABLE "Actor" ALTER COLUMN "type" TYPE "ActorType_new" USING ("type"::text::"ActorType_new");
+ALTER TYPE "ActorType" RENAME TO "ActorType_old";
+ALTER TYPE "ActorType_new" RENAME TO "ActorType";
+DROP TYPE "ActorType_old";
+COMMIT;
+"""
+
+
+def test_prisma_begin_commit_brackets_are_refused_or_run_inside_the_one_transaction(
+    pg_db, fixture_migrations, tmp_path
+) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    before = seeded(pg_db, migrations)
+    enum_sql = "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = %s::regtype"
+    labels = pg_db.query(enum_sql, ('"ActorType"',))
+    alter = migrations / "20250301000000_actor_type_bot" / "migration.sql"
+    alter.parent.mkdir()
+    alter.write_text(ALTER_ENUM)
+
+    refused = run_module("pg_schema_reset", args_for(pg_db, migrations))
+    assert refused.failed and f"{alter} line 2: transaction control statement BEGIN" in refused.msg
+    assert f"{alter} line 8: transaction control statement COMMIT" in refused.msg
+    assert "strip_transaction_control: true" in refused.msg
+    assert pg_db.row_counts() == before
+
+    # A failure after the COMMIT line still rolls back what came before it: that COMMIT never ran.
+    alter.write_text(ALTER_ENUM + "SELECT no_such_function();\n")
+    failed = run_module("pg_schema_reset", args_for(pg_db, migrations, strip_transaction_control=True))
+    assert failed.failed and "no_such_function" in failed.msg and "line 9" in failed.msg
+    assert pg_db.row_counts() == before
+    assert pg_db.query(enum_sql, ('"ActorType"',)) == labels
+
+    alter.write_text(ALTER_ENUM)
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, strip_transaction_control=True))
+    assert not res.failed, res.msg
+    assert res.result["transaction_control_removed"] == {alter.parent.name: [2, 8]}
+    assert pg_db.query(enum_sql, ('"ActorType"',)) == [("USER,SERVICE,INSTANCE,BOT",)]
+    assert pg_db.query("SELECT checksum FROM _prisma_migrations WHERE migration_name = %s", (alter.parent.name,)) == [
+        (hashlib.sha256(alter.read_bytes()).hexdigest(),)
+    ]
