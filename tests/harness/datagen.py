@@ -15,12 +15,9 @@ from typing import Any
 
 from psycopg2.extras import execute_values
 
-PERMISSIONS = {
-    "owner": ["manage_ring", "manage_members", "manage_roles", "manage_posts", "moderate_content",
-              "invite_members", "block_users", "delete_ring"],
-    "moderator": ["manage_members", "manage_posts", "moderate_content", "invite_members", "block_users"],
-    "member": ["post_content", "comment"],
-}  # fmt: skip
+from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import DEFAULT_ROLES
+
+PERMISSIONS = DEFAULT_ROLES
 
 
 def _uid() -> str:

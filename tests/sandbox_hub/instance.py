@@ -23,24 +23,15 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _did, _ed25519, _envfile, _httpsig
+from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
+    DEFAULT_ROLES,
+    ROOT_RING_DESCRIPTION,
+    ROOT_RING_NAME,
+)
 from sandbox_hub import ctl
 
-ROOT_RING_NAME = "The Spool"
-ROOT_RING_DESCRIPTION = "The root ThreadRing - the origin of all rings in this hub"
-ROLE_PERMISSIONS = {
-    "owner": [
-        "manage_ring",
-        "manage_members",
-        "manage_roles",
-        "manage_posts",
-        "moderate_content",
-        "invite_members",
-        "block_users",
-        "delete_ring",
-    ],
-    "moderator": ["manage_members", "manage_posts", "moderate_content", "invite_members", "block_users"],
-    "member": ["post_content", "comment"],
-}
+# The root ring exactly as the collection's ring_seed writes it.
+ROLE_PERMISSIONS = DEFAULT_ROLES
 
 
 # -- small HTTP client (loopback only, never through a proxy) ---------------------------------
