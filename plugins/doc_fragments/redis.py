@@ -90,4 +90,9 @@ requirements:
   - redis (the redis-py Python library) >= 5.0
 notes:
   - Errors name the endpoint (scheme, user, host and port, or socket path) and the reason; never the password.
+  - A password in O(redis_url) must be percent-encoded when it holds C(/), C(?), C(#), C(@) or C(:);
+    or leave it out of the URL and give it with O(password).
+  - Ansible prints a task's C(environment:) at C(-vvv) (in its C(EXEC) line). When E(REDIS_URL) holds a
+    password, set it in the environment of the managed host rather than in the task, or give the
+    password with O(password), which is never shown.
 """

@@ -11,6 +11,7 @@ endpoint or to any other node of the same deployment (cluster primaries).
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,7 @@ DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 30.0
 URL_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_MODES = ("auto", "cluster", "standalone")
+_ENCODE_HINT = "or leave it out of the URL and give it with the password option"
 
 
 def redis_argument_spec() -> dict[str, Any]:
@@ -167,11 +169,22 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     ``unix://[user[:password]@]/path/to/redis.sock[?db=N]``. Query parameters
     ``db``, ``password`` and ``ssl_cert_reqs=none`` are understood; others are rejected.
     """
+    # Nothing of the URL is echoed in these errors: a password with an unencoded / ? # ends the
+    # host part early, and pieces of it would show up as a "port", a "database" or a path.
+    authority = url.split("://", 1)[1] if "://" in url else ""
+    if "@" in re.split(r"[/?#]", authority, maxsplit=1)[-1] and re.search(r"[/?#]", authority):
+        raise RingHubError(
+            "redis_url is not a valid URL: an '@' follows a '/', '?' or '#', so the user name or password"
+            f" holds one of them unencoded; percent-encode it ({_ENCODE_HINT})"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise RingHubError(f"redis_url is not a valid URL: {redact(str(exc))}") from None
+    except ValueError:
+        raise RingHubError(
+            "redis_url is not a valid URL: the port is not a number from 0 to 65535"
+            f" (a password with / ? # @ : must be percent-encoded, {_ENCODE_HINT})"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         raise RingHubError(f"redis_url must start with redis://, rediss:// or unix://, not {scheme or '(none)'}://")
@@ -213,7 +226,8 @@ def _db_number(text: str) -> int:
     try:
         db = int(text)
     except ValueError:
-        raise RingHubError(f"the Redis database in redis_url must be a number, not {text!r}") from None
+        # the text is not shown: it may be the tail of a password with an unencoded '/'
+        raise RingHubError("the Redis database in redis_url must be a number (redis://host:port/N or ?db=N)") from None
     if db < 0:
         raise RingHubError("the Redis database number must be 0 or more")
     return db

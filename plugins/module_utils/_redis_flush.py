@@ -52,6 +52,7 @@ class NodeState:
     name: str
     client: Any
     version: tuple[int, ...] | None = None
+    async_ok: bool | None = None  # False once the node turned out not to know ASYNC / UNLINK
     keys_before: dict[int, int] = field(default_factory=dict)
     keys_after: dict[int, int] = field(default_factory=dict)
     deleted: dict[int, int] = field(default_factory=dict)
@@ -414,8 +415,12 @@ class RedisFlusher:
         cmds += [[delete, sample_key(p)] for p in self.patterns]
         return cmds
 
+    def _node_async(self, node: NodeState) -> bool:
+        """Whether ``node`` gets the asynchronous commands (no warning)."""
+        return self.asynchronous and node.async_ok is not False and supports_async(node.version) is not False
+
     def _use_async(self, node: NodeState) -> bool:
-        if not self.asynchronous:
+        if not self.asynchronous or node.async_ok is False:
             return False
         ok = supports_async(node.version)
         if ok is False:
@@ -424,6 +429,35 @@ class RedisFlusher:
             self.warn(f"{node.name} runs Redis {version}, older than 4.0 without {what}; using the synchronous form")
             return False
         return True
+
+    @staticmethod
+    def _async_unknown(cmd: list[Any], message: str) -> bool:
+        """A refusal that means "this server predates ASYNC / UNLINK" (Redis < 4.0), not a denial.
+
+        Before 4.0, FLUSHALL and FLUSHDB take no argument (arity 1: "wrong number of arguments",
+        checked when the command is queued) and UNLINK does not exist ("unknown command").
+        """
+        lowered = message.lower()
+        if cmd[0] in ("FLUSHALL", "FLUSHDB") and cmd[-1] == "ASYNC":
+            return "wrong number of arguments" in lowered or "syntax error" in lowered
+        return cmd[0] == "UNLINK" and "unknown command" in lowered
+
+    @staticmethod
+    def _sync_form(cmd: list[Any]) -> list[Any]:
+        return ["DEL", *cmd[1:]] if cmd[0] == "UNLINK" else [c for c in cmd if c != "ASYNC"]
+
+    def _probe_one(self, client: Any, cmd: list[Any]) -> str | None:
+        """Queue ``cmd`` (inside MULTI); the refusal message, or None when it was accepted."""
+        try:
+            self._raw(client, *cmd)
+        except _REDIRECTIONS:
+            return None  # the command passed the existence and ACL checks; the key lives elsewhere
+        except redis.exceptions.ResponseError as exc:
+            message = str(exc)
+            if isinstance(exc, redis.exceptions.NoPermissionError) and not message.startswith("NOPERM"):
+                message = f"NOPERM {message}"
+            return message
+        return None
 
     @staticmethod
     def _raw(client: Any, *args: Any) -> Any:
@@ -447,14 +481,14 @@ class RedisFlusher:
         problem: str | None = None
         try:
             for cmd in self._commands(node):
-                try:
-                    self._raw(client, *cmd)
-                except _REDIRECTIONS:
-                    continue  # the command passed the existence and ACL checks; the key lives elsewhere
-                except redis.exceptions.ResponseError as exc:
-                    message = str(exc)
-                    if isinstance(exc, redis.exceptions.NoPermissionError) and not message.startswith("NOPERM"):
-                        message = f"NOPERM {message}"
+                message = self._probe_one(client, cmd)
+                if message and self._async_unknown(cmd, message):
+                    node.async_ok = False
+                    what = "UNLINK" if cmd[0] == "UNLINK" else f"{cmd[0]} ASYNC"
+                    self.warn(f"{node.name} does not know {what} ({message}); using the synchronous form")
+                    cmd = self._sync_form(cmd)
+                    message = self._probe_one(client, cmd)
+                if message:
                     problem = classify_probe_error(str(cmd[0]), message, self.conn.user, node.name, self.mode)
                     if problem:
                         break
@@ -473,7 +507,8 @@ class RedisFlusher:
         try:
             node.client.execute_command(*args)
         except redis.exceptions.ResponseError as exc:
-            if use_async and "syntax" in str(exc).lower():
+            if use_async and self._async_unknown(args, str(exc)):
+                node.async_ok = False
                 self.warn(f"{node.name} does not know {base} ASYNC ({exc}); used the synchronous {base}")
                 args = [base]
                 self._call(node, base, base)
@@ -589,7 +624,7 @@ class RedisFlusher:
             "keys_after": {n.name: by_label(n.keys_after) for n in self.nodes},
             "deleted_by_node": {n.name: by_label(n.deleted) for n in self.nodes if n.deleted},
             "deleted": deleted,
-            "asynchronous": self.asynchronous and all(supports_async(n.version) is not False for n in self.nodes),
+            "asynchronous": all(self._node_async(n) for n in self.nodes),
             "commands": self.commands,
             "seconds": self.timer.total,
         }

@@ -47,7 +47,9 @@ options:
       - Free memory in the background (C(FLUSHALL ASYNC), C(FLUSHDB ASYNC), C(UNLINK)) so the server
         keeps answering other clients while a large data set is freed.
       - V(false) uses C(FLUSHALL), C(FLUSHDB) and C(DEL), which block the server until the memory is freed.
-      - On a server older than Redis 4.0 the synchronous form is used, with a warning.
+      - On a server older than Redis 4.0 the synchronous form is used, with a warning. The age is read
+        from the server's version, or, when C(INFO) is refused, from its refusal of C(ASYNC) or C(UNLINK)
+        in the permission check, before anything is deleted.
     type: bool
     default: true
     version_added: 0.1.0
@@ -75,10 +77,11 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Empty the hub's Redis (REDIS_URL from the environment)
+- name: Empty the hub's Redis (REDIS_URL from the environment, password from a vault)
   threadring.ringhub.redis_flush:
+    password: "{{ vault_redis_password }}"
   environment:
-    REDIS_URL: "{{ ringhub_redis_url }}"
+    REDIS_URL: "{{ ringhub_redis_url }}"  # no password in it: Ansible shows a task's environment at -vvv
 
 - name: Delete the hub's cache keys only, on a server where FLUSHALL is renamed
   threadring.ringhub.redis_flush:

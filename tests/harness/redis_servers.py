@@ -33,6 +33,8 @@ Loaded as a pytest plugin (``-p harness.redis_servers``); fixtures:
 - ``redis_cluster_replicas`` (module scope): 3 primaries with one replica each.
 - ``redis_server_factory``: ``redis_server_factory(**RedisServer kwargs)`` for any
   other variant; every server it started is removed after the test.
+- ``redis_pre4_front``: ``redis_pre4_front(hide_version=False)`` puts a front that answers
+  like Redis 3.2 (no ``FLUSHALL ASYNC``, no ``UNLINK``) before the test's ``redis_server``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -605,6 +610,119 @@ class RedisCluster:
         self.cleanup()
 
 
+# -- a Redis older than 4.0, in front of a real server ------------------------------------
+
+
+def _read_line(reader: Any) -> bytes:
+    line = reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("connection closed")
+    return line
+
+
+def _read_reply(reader: Any) -> bytes:
+    """One whole RESP2 reply, as raw bytes."""
+    line = _read_line(reader)
+    kind = line[:1]
+    if kind == b"$":
+        size = int(line[1:])
+        return line + (reader.read(size + 2) if size >= 0 else b"")
+    if kind == b"*":
+        count = int(line[1:])
+        return line + b"".join(_read_reply(reader) for _item in range(max(count, 0)))
+    return line  # +simple, -error, :integer
+
+
+def _read_command(reader: Any) -> tuple[list[bytes], bytes]:
+    """One client command (a RESP array of bulk strings): its arguments and its raw bytes."""
+    head = _read_line(reader)
+    if head[:1] != b"*":
+        raise ConnectionError(f"unexpected inline command {head!r}")
+    raw, args = [head], []
+    for _arg in range(int(head[1:])):
+        size_line = _read_line(reader)
+        data = reader.read(int(size_line[1:]) + 2)
+        raw += [size_line, data]
+        args.append(data[:-2])
+    return args, b"".join(raw)
+
+
+class Pre4RedisFront:
+    """A TCP front that makes a real ``redis-server`` answer like Redis 3.2 (before ASYNC and UNLINK).
+
+    Every command is forwarded to ``server`` and its reply relayed, except what Redis 3.2
+    refuses: ``FLUSHALL``/``FLUSHDB`` with an argument ("wrong number of arguments", also
+    when queued in ``MULTI``), ``UNLINK`` and ``HELLO`` ("unknown command"), ``CLIENT SETINFO``.
+    ``INFO`` reports ``redis_version:<version>``, or is refused as unknown with
+    ``hide_version=True`` (a server with INFO renamed, whose version a client cannot read).
+    ``seen`` lists every command name received, in order (upper case, with ``ASYNC`` when given).
+    """
+
+    def __init__(self, server: RedisServer, version: str = "3.2.12", *, hide_version: bool = False) -> None:
+        self.server = server
+        self.version = version
+        self.hide_version = hide_version
+        self.host = "127.0.0.1"
+        self.seen: list[str] = []
+        self._listener = socket.create_server((self.host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{self.host}:{self.port}/{db}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _refusal(self, args: list[bytes]) -> bytes | None:
+        name = args[0].upper()
+        if name in (b"UNLINK", b"HELLO") or (name == b"INFO" and self.hide_version):
+            return b"-ERR unknown command '" + args[0].lower() + b"'\r\n"
+        if name in (b"FLUSHALL", b"FLUSHDB") and len(args) > 1:
+            return b"-ERR wrong number of arguments for '" + name.lower() + b"' command\r\n"
+        if name == b"CLIENT" and len(args) > 1 and args[1].upper() == b"SETINFO":
+            return b"-ERR Syntax error, try CLIENT (LIST | KILL | GETNAME | SETNAME | PAUSE | REPLY)\r\n"
+        return None
+
+    def _serve(self, client: Any) -> None:
+        upstream = socket.create_connection((self.server.host, self.server.port))
+        c_reader, s_reader = client.makefile("rb"), upstream.makefile("rb")
+        try:
+            while True:
+                args, raw = _read_command(c_reader)
+                if not args:
+                    continue
+                self.seen.append(" ".join(a.decode("utf-8", "replace").upper() for a in args[:2] if a))
+                reply = self._refusal(args)
+                if reply is None:
+                    upstream.sendall(raw)
+                    reply = _read_reply(s_reader)
+                    if args[0].upper() == b"INFO" and reply[:1] == b"$":
+                        body = reply.split(b"\r\n", 1)[1][:-2]
+                        body = re.sub(rb"redis_version:[^\r]*", b"redis_version:" + self.version.encode(), body)
+                        reply = b"$%d\r\n%s\r\n" % (len(body), body)
+                client.sendall(reply)
+        except (ConnectionError, OSError, ValueError):
+            pass
+        finally:
+            for closable in (c_reader, s_reader, client, upstream):
+                with contextlib.suppress(OSError):
+                    closable.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
 # -- pytest fixtures --------------------------------------------------------------------
 
 
@@ -667,3 +785,20 @@ def redis_cluster_replicas() -> Iterator[RedisCluster]:
     """A 3-primary cluster with one replica per primary, shared by the tests of one module."""
     with RedisCluster(primaries=3, replicas=1) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def redis_pre4_front(redis_server: RedisServer) -> Iterator[Callable[..., Pre4RedisFront]]:
+    """``redis_pre4_front(hide_version=False)``: a Redis-3.2-like front for the test's ``redis_server``."""
+    fronts: list[Pre4RedisFront] = []
+
+    def make(**kwargs: Any) -> Pre4RedisFront:
+        front = Pre4RedisFront(redis_server, **kwargs)
+        fronts.append(front)
+        return front
+
+    try:
+        yield make
+    finally:
+        for front in fronts:
+            front.close()

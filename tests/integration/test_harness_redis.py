@@ -89,6 +89,28 @@ def test_factory_applies_extra_config(redis_server_factory) -> None:
     assert os.path.isdir(server.base_dir)
 
 
+def test_pre4_front_answers_like_redis_3_2(redis_server, redis_pre4_front) -> None:
+    front = redis_pre4_front()
+    redis_server.fill(["a", "b"], db=1)
+    no_retry = {"retry": Retry(NoBackoff(), 0), "protocol": 2}  # Redis 3.2 speaks RESP2 only
+    with redis.Redis(host=front.host, port=front.port, db=1, **no_retry) as client:
+        assert client.info("server")["redis_version"] == "3.2.12"
+        assert client.dbsize() == 2 and client.get("a") == b"v"
+        with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+            client.flushdb(asynchronous=True)
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.unlink("a")
+        pipe = client.pipeline(transaction=False)
+        pipe.delete("a").delete("b").delete("a")
+        assert pipe.execute() == [1, 1, 0]
+    assert redis_server.dbsizes() == {}
+    assert front.seen[-3:] == ["DEL A", "DEL B", "DEL A"]
+    hidden = redis_pre4_front(hide_version=True)
+    with redis.Redis(host=hidden.host, port=hidden.port, **no_retry) as client:
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.info()
+
+
 @pytest.mark.cluster
 def test_cluster_spreads_keys_over_three_primaries(redis_cluster) -> None:
     cluster = redis_cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -43,8 +44,9 @@ def ok(res: Any) -> dict[str, Any]:
 def test_mode_all_empties_every_database(redis_server) -> None:
     fill(redis_server)
     result = ok(flush(redis_server, {"mode": "all"}, diff=True))
-    assert result["changed"] is True
+    assert result["changed"] is True and result["mode"] == "all"
     assert result["deleted"] == 12
+    assert isinstance(result["seconds"], float) and 0 <= result["seconds"] < 600
     node = f"127.0.0.1:{redis_server.port}"
     assert result["nodes"] == [node]
     assert result["keys_before"] == {node: {"db0": 7, "db1": 2, "db2": 3}}
@@ -109,6 +111,53 @@ def test_synchronous_flush(redis_server) -> None:
     result = ok(flush(redis_server, {"mode": "all", "asynchronous": False}))
     assert result["commands"] == [f"127.0.0.1:{redis_server.port}: FLUSHALL"]
     assert result["asynchronous"] is False
+    assert redis_server.dbsizes() == {}
+
+
+# -- servers older than Redis 4.0 (no FLUSHALL ASYNC, no UNLINK) ----------------------------------------
+# The only redis-server here is 7.x, so a front (harness.redis_servers.Pre4RedisFront) answers what
+# Redis 3.2 answers to the commands it lacks and relays everything else to the real server.
+
+
+def test_pre4_server_with_known_version_gets_synchronous_commands(redis_server, redis_pre4_front) -> None:
+    front = redis_pre4_front()
+    fill(redis_server)
+    node = f"127.0.0.1:{front.port}"
+    res = run_module("redis_flush", {"redis_url": front.url(), "mode": "pattern", "patterns": ["ratelimit:*"]})
+    result = ok(res)
+    assert result["deleted"] == 2 and result["asynchronous"] is False
+    assert result["commands"] == [f"{node}: SCAN MATCH ratelimit:* + DEL (db 0)"]
+    assert any("older than 4.0" in w for w in result["warnings"])
+    assert state(redis_server) == {0: set(DATA[0]) - {"ratelimit:a", "ratelimit:b"}, 1: set(DATA[1]), 2: set(DATA[2])}
+    result = ok(run_module("redis_flush", {"redis_url": front.url(), "mode": "all"}))
+    assert result["commands"] == [f"{node}: FLUSHALL"] and result["deleted"] == 10
+    assert any("older than 4.0" in w for w in result["warnings"])
+    assert redis_server.dbsizes() == {}
+    assert "UNLINK" not in front.seen and "FLUSHALL ASYNC" not in front.seen  # never even tried
+    assert not any(command.startswith("KEYS") for command in front.seen)
+
+
+def test_pre4_server_with_unknown_version_falls_back_with_a_warning(redis_server, redis_pre4_front) -> None:
+    """INFO refused and no HELLO: the version is unknown, so ASYNC is tried, refused, and the sync form used."""
+    front = redis_pre4_front(hide_version=True)
+    fill(redis_server)
+    node = f"127.0.0.1:{front.port}"
+    args = {"redis_url": front.url(db=2), "mode": "db"}
+    check = ok(run_module("redis_flush", args, check=True))
+    assert check["deleted"] == 3 and check["keys_before"] == {node: {"db0": 7, "db1": 2, "db2": 3}}
+    assert redis_server.dbsizes() == {0: 7, 1: 2, 2: 3}
+    result = ok(run_module("redis_flush", args))
+    assert result["deleted"] == 3 and result["commands"] == [f"{node}: FLUSHDB (db 2)"]
+    assert result["asynchronous"] is False
+    assert any("does not know FLUSHDB ASYNC" in w and "synchronous" in w for w in result["warnings"])
+    assert state(redis_server) == {0: set(DATA[0]), 1: set(DATA[1])}
+    args = {"redis_url": front.url(db=0), "mode": "pattern", "patterns": ["cache:*", "session:*"]}
+    result = ok(run_module("redis_flush", args))
+    assert result["deleted"] == 3 and result["commands"] == [f"{node}: SCAN MATCH cache:*, session:* + DEL (db 0)"]
+    assert any("does not know UNLINK" in w for w in result["warnings"])
+    assert state(redis_server) == {0: {"ratelimit:a", "ratelimit:b", "keep:ratelimit:a", "c?t"}, 1: set(DATA[1])}
+    result = ok(run_module("redis_flush", {"redis_url": front.url(), "mode": "all"}))
+    assert result["commands"] == [f"{node}: FLUSHALL"] and result["deleted"] == 6
     assert redis_server.dbsizes() == {}
 
 
@@ -178,6 +227,36 @@ def test_password_in_redis_url_env_fallback(redis_acl_server) -> None:
     assert server.dbsizes() == {0: 7, 1: 2}
     assert server.password not in res.output
     assert server.password not in str(res.result)
+
+
+def test_redis_url_from_the_process_environment_at_vvv(redis_acl_server) -> None:
+    """REDIS_URL in the environment of the host (not a task's environment:) stays out of -vvv output."""
+    server = redis_acl_server
+    fill(server)
+    res = run_module("redis_flush", {"mode": "db", "db": 1}, verbosity=3, env={"REDIS_URL": server.url()})
+    assert ok(res)["deleted"] == 2 and server.dbsizes() == {0: 7, 2: 3}
+    assert server.password not in res.output
+
+
+def test_percent_encoded_password_with_reserved_characters(redis_acl_server) -> None:
+    server = redis_acl_server
+    fill(server)
+    password = "p@ss:w/rd?#%Zq-" + server.password[-8:]
+    with server.admin() as client:
+        client.execute_command("ACL", "SETUSER", "odd", "on", f">{password}", "~*", "&*", "+@all")
+    encoded = quote(password, safe="")
+    url = f"redis://odd:{encoded}@127.0.0.1:{server.port}/2"
+    res = run_module("redis_flush", {"redis_url": url, "mode": "db"}, verbosity=3)
+    assert ok(res)["deleted"] == 3 and ok(res)["endpoint"] == f"redis://odd@127.0.0.1:{server.port}"
+    assert server.dbsizes() == {0: 7, 1: 2}
+    for shown in (password, encoded):
+        assert shown not in res.output
+    # the same password unencoded cuts the URL short: the error must not show any piece of it
+    res = run_module("redis_flush", {"redis_url": f"redis://odd:{password}@127.0.0.1:{server.port}/0"}, verbosity=3)
+    assert res.failed and "percent-encode" in res.msg
+    for piece in ("p@ss", "w/rd", "rd?", "#%Zq", server.password[-8:]):
+        assert piece not in res.output, piece
+    assert server.dbsizes() == {0: 7, 1: 2}
 
 
 def test_wrong_password_names_the_endpoint_not_the_password(redis_acl_server) -> None:
@@ -256,6 +335,20 @@ def test_tls_with_client_certificate(redis_tls_server, redis_tls_certs) -> None:
     args.update(client_cert=tls_files["client_cert"], client_key=tls_files["client_key"])
     assert ok(run_module("redis_flush", args))["deleted"] == 5
     assert server.dbsizes() == {}
+
+
+def test_tls_certificate_is_verified_unless_validate_certs_is_false(redis_tls_server, redis_tls_certs) -> None:
+    server = redis_tls_server
+    fill(server)
+    client_files = {"client_cert": str(redis_tls_certs.client_cert), "client_key": str(redis_tls_certs.client_key)}
+    args = {"host": "127.0.0.1", "port": server.port, "tls": True, "mode": "all", "timeout": 5, **client_files}
+    res = run_module("redis_flush", args)  # no ca_cert: the test CA is not among the system CAs
+    assert res.failed and f"cannot connect to rediss://127.0.0.1:{server.port}" in res.msg
+    assert "certificate verify failed" in res.msg
+    assert server.dbsizes() == {0: 7, 1: 2, 2: 3}
+    url = f"rediss://127.0.0.1:{server.port}/1?ssl_cert_reqs=none"
+    result = ok(run_module("redis_flush", {"redis_url": url, "mode": "db", **client_files}))
+    assert result["deleted"] == 2 and server.dbsizes() == {0: 7, 2: 3}
 
 
 def test_tls_without_client_certificate_fails_cleanly(redis_tls_server, redis_tls_certs) -> None:
@@ -339,13 +432,41 @@ def test_cluster_pattern_mode_scans_every_primary(redis_cluster_replicas) -> Non
     args = {"redis_url": cluster.url(), "mode": "pattern", "patterns": ["ringhub:*"], "batch_size": 200}
     check = ok(run_module("redis_flush", args, check=True))
     assert check["deleted"] == 3000 and cluster.dbsize() == 3300
-    assert sum(sum(v.values()) for v in check["deleted_by_node"].values()) == 3000
+    per_node = {f"127.0.0.1:{p.port}": {"db0": len(p.keys(match="ringhub:*"))} for p in cluster.primaries}
+    assert check["deleted_by_node"] == per_node
+    assert check["keys_before"] == {f"127.0.0.1:{p.port}": {"db0": p.dbsize()} for p in cluster.primaries}
     result = ok(run_module("redis_flush", args))
     assert result["deleted"] == 3000 and len(result["deleted_by_node"]) == 3
     with cluster.client() as client:
         assert sorted(client.scan_iter(match="*", count=1000)) == sorted(f"keep:{i}" for i in range(0, 3000, 10))
     again = ok(run_module("redis_flush", args))
     assert again["changed"] is False
+
+
+@pytest.mark.cluster
+def test_cluster_where_one_primary_denies_flushall_loses_no_key(redis_cluster_replicas) -> None:
+    """The last primary in the module's order denies FLUSHALL: the check must stop before the first one."""
+    cluster = redis_cluster_replicas
+    _fill_cluster(cluster)
+    primaries = sorted(cluster.primaries, key=lambda p: f"127.0.0.1:{p.port}")
+    before = {p.port: p.dbsize() for p in primaries}
+    denying = primaries[-1]
+    with denying.admin() as client:
+        client.execute_command("ACL", "SETUSER", "default", "-flushall")
+    try:
+        for check in (True, False):
+            res = run_module("redis_flush", {"redis_url": cluster.url(), "mode": "all"}, check=check)
+            assert res.failed
+            assert f"may not run FLUSHALL on 127.0.0.1:{denying.port}" in res.msg and "mode: pattern" in res.msg
+            assert res.result["node"] == f"127.0.0.1:{denying.port}"
+            assert {p.port: p.dbsize() for p in primaries} == before
+        # pattern mode works on that cluster
+        args = {"redis_url": cluster.url(), "mode": "pattern", "patterns": ["keep:*"]}
+        assert ok(run_module("redis_flush", args))["deleted"] == 300
+        assert cluster.dbsize() == 3000
+    finally:
+        with denying.admin() as client:
+            client.execute_command("ACL", "SETUSER", "default", "+flushall")
 
 
 @pytest.mark.cluster
@@ -360,3 +481,8 @@ def test_cluster_options_are_checked(redis_cluster_replicas, redis_server) -> No
     result = ok(run_module("redis_flush", args, check=True))
     assert result["cluster"] is False and result["nodes"] == [f"127.0.0.1:{seed.port}"]
     assert result["deleted"] == seed.dbsize() < redis_cluster_replicas.dbsize() == 330
+    # forced on, on a real cluster: every primary
+    args = {"redis_url": seed.url(), "cluster_mode": "cluster", "mode": "all"}
+    result = ok(run_module("redis_flush", args, check=True))
+    assert result["cluster"] is True and len(result["nodes"]) == 3 and result["deleted"] == 330
+    assert redis_cluster_replicas.dbsize() == 330

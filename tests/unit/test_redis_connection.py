@@ -49,10 +49,28 @@ def test_parse_redis_url_rejects(url: str, fragment: str) -> None:
         parse_redis_url(url)
 
 
-def test_invalid_url_error_never_shows_the_password() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://u:TopSecret@h:badport/0",
+        "redis://u:Top/Secret@h:6379/0",  # '/' ends the host part: "Top" would be read as the port
+        "redis://:12/TopSecret@h",  # ... or "TopSecret@h" as the database
+        "redis://u:Top?Secret@h",
+        "redis://u:Top#Secret@h",
+        "unix://u:Top/Secret@/run/redis.sock",
+        "redis://h/TopSecret",
+    ],
+)
+def test_invalid_url_error_never_shows_any_piece_of_the_password(url: str) -> None:
     with pytest.raises(RingHubError) as err:
-        parse_redis_url("redis://u:TopSecret@h:badport/0")
-    assert "TopSecret" not in err.value.msg
+        parse_redis_url(url)
+    for piece in ("Top", "Secret"):
+        assert piece not in err.value.msg and piece not in str(err.value.details)
+    assert err.value.__context__ is None or err.value.__suppress_context__  # no chained ValueError text
+
+
+def test_unencoded_at_sign_in_the_password_still_parses() -> None:
+    assert parse_redis_url("redis://u:p@ss@h:1/2")["password"] == "p@ss"
 
 
 def test_discrete_options_override_the_url() -> None:

@@ -62,6 +62,7 @@ def test_old_server_falls_back_to_synchronous_commands_with_a_warning() -> None:
     class Node:
         name = "10.0.0.1:6379"
         version = (3, 2, 12)
+        async_ok = None
 
     assert flusher._commands(Node()) == [["SCAN", "0", "COUNT", "1"], ["DEL", b"a"]]
     assert warnings and "older than 4.0" in warnings[0] and "synchronous" in warnings[0]
@@ -69,6 +70,19 @@ def test_old_server_falls_back_to_synchronous_commands_with_a_warning() -> None:
     assert flusher._commands(Node()) == [["FLUSHALL"]]
     Node.version = (7, 0, 0)
     assert flusher._commands(Node()) == [["FLUSHALL", "ASYNC"]]
+
+
+def test_refusals_of_a_pre4_server_mean_synchronous_not_denied() -> None:
+    unknown = RedisFlusher._async_unknown
+    assert unknown(["FLUSHALL", "ASYNC"], "wrong number of arguments for 'flushall' command")
+    assert unknown(["FLUSHDB", "ASYNC"], "ERR syntax error")
+    assert unknown(["UNLINK", b"a"], "unknown command 'unlink'")
+    assert not unknown(["FLUSHALL", "ASYNC"], "unknown command 'FLUSHALL'")  # renamed: an error, not a fallback
+    assert not unknown(["FLUSHALL", "ASYNC"], "NOPERM no permissions to run flushall")
+    assert not unknown(["FLUSHALL"], "wrong number of arguments for 'flushall' command")
+    assert not unknown(["UNLINK", b"a"], "NOPERM no permissions to access a key")
+    assert RedisFlusher._sync_form(["UNLINK", b"a"]) == ["DEL", b"a"]
+    assert RedisFlusher._sync_form(["FLUSHDB", "ASYNC"]) == ["FLUSHDB"]
 
 
 def test_parse_keyspace() -> None:
