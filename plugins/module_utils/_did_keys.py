@@ -120,6 +120,8 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     env_cls: dict[str, Any] | None = None
     if env_path:
         raw_env = _keyfile.read_bytes(env_path, "env file")
+        if raw_env is None and not os.path.isdir(os.path.dirname(env_path)):
+            raise RingHubError(f"directory of the env file does not exist: {os.path.dirname(env_path)}", path=env_path)
         if raw_env is not None:
             try:
                 env_text = raw_env.decode("utf-8")
@@ -217,6 +219,10 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
         user = dict(user, base_url=base_url, did=_did.user_did(base_url, user["id"]))
     if params.get("instance_document") and not did:
         raise RingHubError("instance_document needs hub_url (the DID is did:web:<hostname of hub_url>)")
+    for doc_path in (params.get("instance_document"), user["path"] if user else None):
+        if doc_path:
+            # Refuse an unusable target (a directory, under a file, no permission) before the key is touched.
+            _keyfile.read_bytes(os.path.abspath(doc_path), "DID document")
 
     return {
         "path": path,

@@ -81,7 +81,7 @@ options:
     description:
       - The compose C(.env) file beside C(docker-compose.yml). O(env_var) is set to base64 of the
         unencrypted PKCS#8 PEM text of the key, on one line; every other line stays as it is.
-      - Created with mode C(0600) when missing; an existing file keeps its mode and owner.
+      - Created with mode C(0600) when missing (its directory must exist); an existing file keeps its mode and owner.
       - A value in another form (raw PEM, not base64, another key type, encrypted) or holding a different
         key is a conflict, handled as O(regenerate) says.
     type: path
@@ -317,8 +317,8 @@ def main() -> None:
                 options=dict(
                     path=dict(type="path", required=True),
                     id=dict(type="str", required=True),
-                    base_url=dict(type="str"),
-                    profile_url=dict(type="str"),
+                    base_url=dict(type="str", no_log=False),
+                    profile_url=dict(type="str", no_log=False),
                 ),
             ),
             publish_base64=dict(type="bool", default=False),

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _did, _envfile
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
@@ -55,10 +57,30 @@ def sha256(path: Path) -> str:
 
 
 def secret_forms(pem: bytes) -> list[str]:
-    """Strings that would reveal the private key if they appeared anywhere."""
+    """Strings that would reveal the private key if they appeared anywhere.
+
+    The PEM body, the env form (base64 of the PEM text) and, for a plain Ed25519
+    key, its 32-byte seed in hex, base64 and base64url.
+    """
     lines = pem.decode().strip().splitlines()
     body = "".join(lines[1:-1])
-    return [body, base64.b64encode(pem).decode(), base64.b64encode(pem.strip()).decode()[:40]]
+    forms = [body, base64.b64encode(pem).decode(), base64.b64encode(pem.strip()).decode()[:40]]
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (TypeError, ValueError):
+        return forms
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        seed = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        forms += [seed.hex(), base64.b64encode(seed).decode()[:40], base64.urlsafe_b64encode(seed).decode()[:40]]
+    return forms
+
+
+def file_state(path: Path) -> tuple[str, int, int, int, int]:
+    """Hash, mtime (ns), mode, uid and gid of a file: what "left as it was" compares."""
+    st = path.stat()
+    return sha256(path), st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
 def assert_no_key_material(res: AnsibleRun, *pems: bytes) -> None:
@@ -126,7 +148,7 @@ def test_four_step_idempotence_and_openssl_cross_checks(tmp_path: Path) -> None:
     assert first.changed and not first.failed, first.msg
     assert not key.exists() and not doc.exists() and "RING_HUB_PRIVATE_KEY=" not in env.read_text().split("MULTI")[0]
 
-    second = run_module("did_keys", args, diff=True)
+    second = run_module("did_keys", args, diff=True, verbosity=3)
     assert second.changed and not second.failed, second.msg
     assert second.result["changes"] == {
         "key_file": "created",
@@ -216,16 +238,61 @@ def test_unusable_key_files_fail_and_stay_byte_for_byte(tmp_path: Path, case: st
         genpkey(key, "-algorithm", "ed25519", "-aes-256-cbc", "-pass", "pass:Right-Passphrase-71")
         args["passphrase"] = "Wrong-Passphrase-93"
         expected = "wrong passphrase"
-    before = sha256(key)
+    before = file_state(key)
     listing = sorted(p.name for p in tmp_path.iterdir())
     res = run_module("did_keys", args, diff=True, verbosity=3)
-    assert res.failed, res.result
-    assert expected in res.msg
-    assert "left as it is" in res.msg
-    assert sha256(key) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no backup, no DID document
-    assert_no_key_material(res, key.read_bytes())
-    assert "Wrong-Passphrase-93" not in res.output
+    checked = run_module("did_keys", dict(args, regenerate="fail"), check=True, diff=True)
+    for run in (res, checked):
+        assert run.failed, run.result
+        assert expected in run.msg
+        assert "left as it is" in run.msg
+        assert run.result.get("problem") in ("wrong_type", "corrupt", "wrong_passphrase")
+        assert_no_key_material(run, key.read_bytes())
+        assert "Wrong-Passphrase-93" not in run.output
+    assert file_state(key) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no backup, no DID document, no temp file
+
+
+def test_regenerate_always_replaces_a_key_of_another_type_after_a_backup(tmp_path: Path) -> None:
+    key = tmp_path / "badge.pem"
+    rsa_pem = genpkey(key, "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048")
+    res = run_module("did_keys", {"path": str(key), "regenerate": "always"}, diff=True)
+    assert res.changed and not res.failed, res.msg
+    assert res.result["changes"] == {"key_file": "replaced"}
+    assert res.result["diff"]["before"]["key_file"] == "unusable (wrong_type)"
+    (backup,) = res.result["backups"]
+    assert Path(backup).read_bytes() == rsa_pem and stat.S_IMODE(os.stat(backup).st_mode) == 0o600
+    assert "ED25519" in openssl("pkey", "-in", str(key), "-noout", "-text").decode().upper()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert_no_key_material(res, rsa_pem, key.read_bytes())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting another owner needs root")
+def test_owner_and_group_are_set_and_restored_without_rewriting_the_key(tmp_path: Path) -> None:
+    import grp
+    import pwd
+
+    uid, gid = pwd.getpwnam("daemon").pw_uid, grp.getgrnam("nogroup").gr_gid
+    key = tmp_path / "badge.pem"
+    args = {"path": str(key), "owner": "daemon", "group": "nogroup"}
+    created = run_module("did_keys", args)
+    assert created.changed and not created.failed, created.msg
+    state = file_state(key)
+    assert state[2:] == (0o600, uid, gid)
+    again = run_module("did_keys", args)
+    assert not again.changed and not again.failed and file_state(key) == state
+
+    os.chown(key, 0, 0)
+    key.chmod(0o644)
+    drifted = file_state(key)
+    check = run_module("did_keys", args, check=True, diff=True)
+    assert check.changed and check.result["changes"] == {"key_file": "attributes"}
+    assert check.result["diff"]["before"]["key_file_attributes"] == {"mode": "0o644", "owner": 0, "group": 0}
+    assert check.result["diff"]["after"]["key_file_attributes"] == {"mode": "0o600", "owner": uid, "group": gid}
+    assert file_state(key) == drifted
+    fixed = run_module("did_keys", args)
+    assert fixed.changed and fixed.result["changes"] == {"key_file": "attributes"} and fixed.result["written"] == []
+    assert file_state(key) == state  # same bytes, same mtime, mode and owner back
 
 
 def test_regenerate_always_keeps_a_backup_of_the_old_key(tmp_path: Path) -> None:
@@ -286,9 +353,11 @@ def test_raw_pem_in_env_is_reported_under_never_and_refused_under_fail(tmp_path:
     assert not never.failed and not never.changed, never.msg
     assert "raw PEM" in never.result["conflicts"][0]["problem"]
     assert any("left unchanged" in w for w in never.result.get("warnings", []))
-    fail = run_module("did_keys", {"path": str(key), "env_file": str(env), "regenerate": "fail"})
+    key_before = file_state(key)
+    fail = run_module("did_keys", {"path": str(key), "env_file": str(env), "regenerate": "fail"}, verbosity=3)
     assert fail.failed and "raw PEM" in fail.msg
     assert env.read_bytes() == before
+    assert file_state(key) == key_before
     for res in (never, fail):
         assert_no_key_material(res, pem)
 
@@ -301,12 +370,15 @@ def test_supplied_content_is_never_shown_and_a_different_key_is_refused(tmp_path
     assert res.changed and not res.failed, res.msg
     assert res.result["key_source"] == "content"
     assert raw_pub_from_openssl(key.read_bytes()) == raw_pub_from_openssl(vault_pem)
+    before = file_state(key)
+    same = run_module("did_keys", dict(args, private_key_content=base64.b64encode(vault_pem).decode()))
+    assert not same.changed and not same.failed and same.result["key_source"] == "file", same.msg
+    assert file_state(key) == before
     other_pem = openssl("genpkey", "-algorithm", "ed25519")
-    before = sha256(key)
     refused = run_module("did_keys", dict(args, private_key_content=other_pem.decode()), diff=True, verbosity=3)
     assert refused.failed and "holds a different key" in refused.msg and "regenerate=always" in refused.msg
-    assert sha256(key) == before
-    for run in (res, refused):
+    assert file_state(key) == before
+    for run in (res, same, refused):
         assert_no_key_material(run, vault_pem, other_pem)
 
 
@@ -350,3 +422,46 @@ def test_written_user_document_resolves_over_loopback_http(did_server: tuple[int
     )
     with pytest.raises(RingHubError, match="HTTP 404"):
         _did.fetch_document(f"did:web:127.0.0.1%3A{port}:users:nobody")
+
+
+NODE_HUB_DECODE = r"""
+const crypto = require('crypto');
+// hub-api: createPrivateKey(Buffer.from(RING_HUB_PRIVATE_KEY, 'base64'))
+const key = crypto.createPrivateKey(Buffer.from(process.env.RING_HUB_PRIVATE_KEY, 'base64'));
+const spki = crypto.createPublicKey(key).export({ format: 'der', type: 'spki' });
+const sig = crypto.sign(null, Buffer.from(process.env.MESSAGE), key);
+process.stdout.write(JSON.stringify({ type: key.asymmetricKeyType, spki: spki.toString('base64'),
+                                      sig: sig.toString('base64') }));
+"""
+
+
+def node_hub_decode(value: str, message: str) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": os.environ.get("PATH", ""), "RING_HUB_PRIVATE_KEY": value, "MESSAGE": message}
+    return subprocess.run(["node", "-e", NODE_HUB_DECODE], env=env, capture_output=True, check=False, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to decode the value as hub-api does")
+def test_node_decodes_the_env_value_as_the_hub_and_signs_for_the_published_key(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("\n".join(ENV_LINES) + "\n")
+    doc = tmp_path / "did.json"
+    args = {
+        "path": str(tmp_path / "badge.pem"),
+        "env_file": str(env),
+        "hub_url": HUB_URL,
+        "instance_document": str(doc),
+    }
+    res = run_module("did_keys", args)
+    assert res.changed and not res.failed, res.msg
+    (entry,) = _envfile.find_var(env.read_text())
+    proc = node_hub_decode(entry["value"], "badge payload")
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    answer = json.loads(proc.stdout)
+    assert answer["type"] == "ed25519"
+    assert base64.b64decode(answer["spki"])[-32:] == doc_raw_key(doc)
+    # A signature made with the key node loaded verifies with the key of the published DID document.
+    public = ed25519.Ed25519PublicKey.from_public_bytes(doc_raw_key(doc))
+    public.verify(base64.b64decode(answer["sig"]), b"badge payload")
+    # The raw PEM text (the wrong form) is not something the hub can load.
+    raw_pem = base64.b64decode(entry["value"]).decode()
+    assert node_hub_decode(raw_pem, "x").returncode != 0

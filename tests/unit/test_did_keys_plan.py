@@ -202,6 +202,49 @@ def test_option_dependencies_and_missing_directory(tmp_path: Path) -> None:
         run(tmp_path, path=str(tmp_path / "no" / "key.pem"))
     with pytest.raises(RingHubError, match="neither PEM"):
         run(tmp_path, private_key_content="not a key")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_target_fails_before_the_key_is_touched(tmp_path: Path) -> None:
+    with pytest.raises(RingHubError, match="directory of the env file does not exist"):
+        run(tmp_path, env_file=str(tmp_path / "compose" / ".env"))
+    assert list(tmp_path.iterdir()) == []
+    key_file = tmp_path / "key.pem"
+    put_key(key_file, KEY_A)
+    before = (key_file.read_bytes(), key_file.stat().st_mtime_ns)
+    (tmp_path / "did.json").mkdir()
+    with pytest.raises(RingHubError, match="is a directory"):
+        run(tmp_path, regenerate="always", hub_url="https://h.example", instance_document=str(tmp_path / "did.json"))
+    assert (key_file.read_bytes(), key_file.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["did.json", "key.pem"]
+    (tmp_path / "www").write_text("a file, not a directory")
+    with pytest.raises(RingHubError, match="(?i)not a directory"):
+        run(
+            tmp_path,
+            regenerate="always",
+            hub_url="https://h.example",
+            instance_document=str(tmp_path / "www" / ".well-known" / "did.json"),
+        )
+    assert (key_file.read_bytes(), key_file.stat().st_mtime_ns) == before
+
+
+def test_fail_refuses_an_env_value_holding_a_different_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    put_key(key_file, KEY_A)
+    env = tmp_path / ".env"
+    env.write_text(f"RING_HUB_PRIVATE_KEY={_envfile.encode_key_value(KEY_B)}\n")
+    before = (key_file.read_bytes(), key_file.stat().st_mtime_ns, env.read_bytes(), env.stat().st_mtime_ns)
+    with pytest.raises(RingHubError, match="holds a different key") as info:
+        run(tmp_path, env_file=str(env), regenerate="fail")
+    assert info.value.details["problem"] == "env_conflict"
+    assert (key_file.read_bytes(), key_file.stat().st_mtime_ns, env.read_bytes(), env.stat().st_mtime_ns) == before
+    # The repair: the key file's own key as content under always rewrites the env value only.
+    fixed = run(
+        tmp_path, env_file=str(env), regenerate="always", private_key_content=_ed25519.private_pem(KEY_A).decode()
+    )
+    assert fixed["changes"] == {"key_file": "unchanged", "env_file": "replaced"} and len(fixed["backups"]) == 1
+    assert key_file.read_bytes() == before[0] and key_file.stat().st_mtime_ns == before[1]
+    assert _ed25519.same_key(_envfile.classify_value(env_value(env))["key"], KEY_A)
 
 
 def test_publish_base64_adds_the_same_key_in_both_fields(tmp_path: Path) -> None:
