@@ -21,7 +21,9 @@ options:
       - The password is never shown. Results, warnings and errors carry the URL with the
         password replaced by C(********).
       - When neither O(database_url) nor O(db) is set, the C(DATABASE_URL) environment variable of
-        the module process is used (set it with the task's C(environment) keyword).
+        the module process is used. Values set with a task's C(environment) keyword are printed,
+        password included, by C(ansible-playbook -vvv) (Ansible shows the module's command line);
+        pass the URL with O(database_url) from a vault to keep it out of verbose logs.
       - Mutually exclusive with O(login_host), O(login_unix_socket), O(port), O(login_user),
         O(login_password) and O(db).
     type: str

@@ -21,7 +21,7 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import MASK, RingHubError, redact
 
@@ -193,27 +193,56 @@ class ConnSpec:
         return redact(str(text), self.secrets)
 
 
+def _userinfo_outside_netloc(parts: SplitResult) -> bool:
+    """True when an unencoded ``/``, ``?`` or ``#`` in the password pushed the ``@`` out of the authority.
+
+    A real URL names a database (``/<db>``) before its query, so an ``@`` in the
+    query after an empty path, or in the path or fragment, belongs to the userinfo.
+    """
+    if "@" in parts.netloc:
+        return False
+    return "@" in parts.path + parts.fragment or ("@" in parts.query and not parts.path)
+
+
 def mask_database_url(url: str) -> str:
-    """``url`` with its password (userinfo and ``password=`` parameters) replaced by ``MASK``."""
+    """``url`` with its password (userinfo and ``password=`` parameters) replaced by ``MASK``.
+
+    A password with an unencoded ``/``, ``?`` or ``#`` makes the URL parse with the
+    ``@`` outside the authority; the whole text up to the last ``@`` is then taken as
+    user information and masked (a display may over-mask, it never shows a password).
+    """
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
     except ValueError:
         return redact(url)
     out = url
+    scheme, sep, rest = url.partition("://")
     if "@" in netloc:
         userinfo, hostinfo = netloc.rsplit("@", 1)
         if ":" in userinfo:
             user = userinfo.split(":", 1)[0]
             out = out.replace(netloc, f"{user}:{MASK}@{hostinfo}", 1)
+    elif sep and _userinfo_outside_netloc(parts):
+        userinfo, _at, tail = rest.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            out = f"{scheme}://{user}:{MASK}@{tail}"
     return re.sub(r"([?&](?:password|sslpassword)=)[^&#]*", rf"\g<1>{MASK}", out)
+
+
+ENCODE_HINT = (
+    "if the user name or password contains any of : / ? # @ % [ ], percent-encode them "
+    "(%3A %2F %3F %23 %40 %25 %5B %5D), as Prisma requires"
+)
 
 
 def _int(value: str, what: str, masked: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise RingHubError(f"invalid {what} {value!r} in database_url {masked}") from None
+        # The text is not echoed: with an unencoded password it would be part of the password.
+        raise RingHubError(f"invalid {what} in database_url {masked} ({ENCODE_HINT})") from None
     return number
 
 
@@ -229,6 +258,8 @@ def parse_database_url(url: str, schema: str | None = None) -> ConnSpec:
         raise RingHubError(f"database_url is not a valid URL ({redact(str(exc))}): {masked}") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise RingHubError(f"database_url must start with postgresql:// or postgres://, got {masked}")
+    if _userinfo_outside_netloc(parts):
+        raise RingHubError(f"database_url {masked} does not parse: {ENCODE_HINT}")
     spec = ConnSpec(source="database_url", masked_url=masked)
     userinfo, _at, hostinfo = parts.netloc.rpartition("@")
     if userinfo:

@@ -60,6 +60,7 @@ ENVIRONMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LOCK_TIMEOUT_RE = re.compile(r"^\d+\s*(ms|s|min)?$")
 SYSTEM_SCHEMA_RE = re.compile(r"^(pg_.*|information_schema)$")
 APPLICATION_NAME = "threadring.ringhub.pg_schema_reset"
+NOTHING_CHANGED = "nothing was changed"
 
 PRISMA_MIGRATIONS_TABLE = "_prisma_migrations"
 PRISMA_MIGRATIONS_DDL = """CREATE TABLE "_prisma_migrations" (
@@ -367,7 +368,11 @@ def find_tools(opts: ResetOptions, server_version_num: int, server_version: str)
 def check_backup_dir(path: str) -> dict[str, Any]:
     """The backup directory exists and a file can be created in it (a real probe, root included)."""
     if not os.path.exists(path):
-        raise RingHubError(f"backup_dir {path} does not exist", path=path)
+        raise RingHubError(
+            f"backup_dir {path} does not exist: create it (mode 0700, owned by the user running the module) "
+            "or set backup_dir to an existing directory",
+            path=path,
+        )
     if not os.path.isdir(path):
         raise RingHubError(f"backup_dir {path} is not a directory", path=path)
     probe = os.path.join(path, f".ringhub-write-probe-{uuid.uuid4().hex}")
@@ -504,6 +509,8 @@ class SchemaReset:
         self.locked = False
         self.migrations_role = ""
         self.preflight_marker: str | None = None
+        # True only while COMMIT runs: a failure then has an unknown outcome.
+        self.committing = False
         self.warnings: list[str] = []
         self.state = SchemaState()
 
@@ -536,7 +543,9 @@ class SchemaReset:
         )
         raise RingHubError(
             f"another schema reset is running on database {self.spec.dbname!r} (it holds the reset lock, "
-            f"advisory key {RESET_LOCK_KEY}: {who}); nothing was changed",
+            f"advisory key {RESET_LOCK_KEY}: {who}); nothing was changed. Wait for it to finish; if that "
+            "session is left over from an interrupted run, end it with "
+            f"SELECT pg_terminate_backend({holder[0] if holder else '<pid>'}) and run the reset again",
             lock_key=RESET_LOCK_KEY,
             lock_holder_pid=holder[0] if holder else None,
         )
@@ -598,7 +607,8 @@ class SchemaReset:
             if marker is not None and marker != opts.expected_environment:
                 problems.append(
                     f"database {state.database!r} is marked as environment {marker!r} ({MARKER_KEY}), "
-                    f"not {opts.expected_environment!r}"
+                    f"not {opts.expected_environment!r}: the connection settings most likely point at another "
+                    "environment's database; check them and the inventory group"
                 )
             if marker is None and not state.can_mark:
                 problems.append(
@@ -608,7 +618,7 @@ class SchemaReset:
         elif marker is not None:
             problems.append(
                 f"database {state.database!r} is marked as environment {marker!r} ({MARKER_KEY}); "
-                f"set expected_environment: {marker} to reset it"
+                f"if this is the database you mean to reset, set expected_environment: {marker}"
             )
         if problems:
             raise RingHubError(
@@ -786,7 +796,9 @@ class SchemaReset:
                     )
                     out["marked"] = True
             step = "COMMIT"
+            self.committing = True
             conn.commit()
+            self.committing = False
         except RingHubError:
             self._rollback()
             raise
@@ -798,10 +810,22 @@ class SchemaReset:
                     "outcome is unknown: check the database and _prisma_migrations",
                 ) from None
             lost = " (connection lost)" if conn.closed else ""
+            hint = ""
+            if getattr(exc, "pgcode", None) == "55P03":
+                hint = (
+                    f". Another session holds a lock on the schema's objects longer than lock_timeout "
+                    f"({opts.lock_timeout}): "
+                    + (
+                        "it could not be terminated (see the warnings); stop it or raise lock_timeout"
+                        if opts.terminate_sessions
+                        else "stop the hub (or set terminate_sessions: true) or raise lock_timeout"
+                    )
+                )
             raise RingHubError(
                 f"the reset failed at step '{step}'{lost}: {pg_error_text(exc, self.spec)}"
                 + (f" (SQLSTATE {exc.pgcode})" if getattr(exc, "pgcode", None) else "")
-                + "; the transaction was rolled back, nothing was changed",
+                + "; the transaction was rolled back, nothing was changed"
+                + hint,
                 step=step,
             ) from None
         finally:
@@ -840,6 +864,11 @@ class SchemaReset:
         self.validate_options()
         try:
             return self._run(result)
+        except RingHubError as exc:
+            if not self.committing and NOTHING_CHANGED not in exc.msg:
+                exc.msg = f"{exc.msg}; {NOTHING_CHANGED}"
+                exc.args = (exc.msg,)
+            raise
         except psycopg2.Error as exc:
             # Only reset() commits, and it turns its own errors into RingHubError.
             raise RingHubError(
@@ -866,6 +895,13 @@ class SchemaReset:
             if opts.backup:
                 tools = find_tools(opts, state.server_version_num, state.server_version)
                 result["backup_dir"] = check_backup_dir(opts.backup_dir or "")
+                free = result["backup_dir"]["free_bytes"]
+                if free < state.database_size:
+                    self.warnings.append(
+                        f"backup_dir {opts.backup_dir} has {free} bytes free and database {state.database!r} "
+                        f"takes {state.database_size} bytes: the compressed backup is usually smaller, but a "
+                        "full disk fails the reset (before the drop)"
+                    )
             else:
                 self.warnings.append("backup is false: no backup was taken before the reset")
             result.update(
@@ -975,7 +1011,9 @@ def summary_line(result: dict[str, Any], check_mode: bool) -> str:
             else "no backup" + (" (check mode)" if check_mode and backup.get("reason") else "")
         )
         + ",",
-        f"environment {env.get('value') or 'unmarked'}" + (" (marked now)" if env.get("marked") else "") + ",",
+        f"environment {env.get('value') or 'unmarked'}"
+        + (" (marked now)" if env.get("marked") else " (would be marked)" if env.get("would_mark") else "")
+        + ",",
         f"{result['seconds']['total']} s",
     ]
     return " ".join(parts)

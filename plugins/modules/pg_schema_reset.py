@@ -146,15 +146,20 @@ seealso:
 """
 
 EXAMPLES = r"""
+# Pass the URL with database_url (no_log) from a vault: a task's environment keyword
+# (DATABASE_URL) is printed, password included, by ansible-playbook -vvv.
 - name: Preflight (check mode) of the hub schema reset
   threadring.ringhub.pg_schema_reset:
+    database_url: "{{ ringhub_database_url }}"
     migrations_dir: /srv/ringhub/prisma/migrations
     expected_environment: production
     backup_dir: /var/backups/ringhub
-  environment:
-    DATABASE_URL: "{{ ringhub_database_url }}"
   check_mode: true
   register: preflight
+
+- name: Show what the reset would drop and apply
+  ansible.builtin.debug:
+    msg: "{{ preflight.summary }}"
 
 - name: Reset the hub schema
   threadring.ringhub.pg_schema_reset:
@@ -335,7 +340,11 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations 
     load_sql_files,
     strip_transaction_brackets,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import ResetOptions, SchemaReset
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
+    NOTHING_CHANGED,
+    ResetOptions,
+    SchemaReset,
+)
 
 
 def main() -> None:
@@ -365,6 +374,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
     params = module.params
     spec = None
+    reset = None
     timer = PhaseTimer()
     try:
         spec = spec_from_params(params)
@@ -391,9 +401,12 @@ def main() -> None:
             migrations_role=params["migrations_role"],
             check_mode=module.check_mode,
         )
-        result = SchemaReset(spec, options, migrations, timer).run()
+        reset = SchemaReset(spec, options, migrations, timer)
+        result = reset.run()
     except RingHubError as exc:
         msg = spec.redact(exc.msg) if spec else exc.msg
+        if reset is None and NOTHING_CHANGED not in msg:
+            msg = f"{msg}; {NOTHING_CHANGED}"
         details = dict(exc.details)
         if spec is not None:
             details.setdefault("connection", spec.describe())

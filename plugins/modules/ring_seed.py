@@ -115,12 +115,14 @@ EXAMPLES = r"""
     database_url: "{{ ringhub_database_url }}"
     owner_did: "did:web:{{ ringhub_public_host }}"
 
-- name: Root ring with another slug, DATABASE_URL and INSTANCE_DID from the environment
+# INSTANCE_DID and ROOT_RING_SLUG may come from the task's environment; keep the
+# URL in database_url (no_log): environment values are printed by ansible-playbook -vvv.
+- name: Root ring with the slug and owner from the environment
   threadring.ringhub.ring_seed:
-    slug: root
+    database_url: "{{ ringhub_database_url }}"
   environment:
-    DATABASE_URL: "{{ ringhub_database_url }}"
     INSTANCE_DID: "did:web:hub.example.com"
+    ROOT_RING_SLUG: root
 """
 
 RETURN = r"""

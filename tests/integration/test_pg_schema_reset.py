@@ -29,7 +29,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset impor
     PRISMA_MIGRATIONS_DDL,
     RESET_LOCK_KEY,
 )
-from harness.ansible import run_module
+from harness.ansible import run_module, run_playbook
 from harness.datagen import seed_hub_data
 from harness.pg import apply_migrations_with_psql, schema_dump
 
@@ -67,6 +67,20 @@ def assert_no_secret(res, secret: str) -> None:
     assert secret not in json.dumps(res.result)
 
 
+def snapshot(db, schema: str = "public") -> dict:
+    """What "the old database is untouched" compares: row counts, the schema dump, the database comment."""
+    comment = db.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db.name,))
+    return {"rows": db.row_counts(schema), "schema": schema_dump(db, schema), "comment": comment[0][0]}
+
+
+def assert_untouched(db, before: dict, schema: str = "public") -> None:
+    after = snapshot(db, schema)
+    assert after["rows"] == before["rows"]
+    assert after["schema"] == before["schema"]
+    assert after["comment"] == before["comment"]
+    assert sum(before["rows"].values()) > 0
+
+
 def marker(db) -> str | None:
     """The marker line of the database comment, read straight from the catalog."""
     comment = db.query("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db.name,))
@@ -79,6 +93,7 @@ def test_reset_rebuilds_schema_records_history_and_keeps_a_restorable_backup(
 ) -> None:
     before = seeded(pg_db, any_migrations)
     assert before["Ring"] == 4
+    old_schema = schema_dump(pg_db)
     res = run_module("pg_schema_reset", args_for(pg_db, any_migrations, tmp_path), verbosity=3)
     assert not res.failed, res.msg
     assert res.changed
@@ -118,6 +133,23 @@ def test_reset_rebuilds_schema_records_history_and_keeps_a_restorable_backup(
         assert finished is not None and started <= finished
         assert logs is None and rolled_back is None and steps == 1
     assert [(a["name"], a["checksum"]) for a in result["applied"]] == [(r[3], r[1]) for r in rows]
+    assert pg_db.query(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_name = '_prisma_migrations' ORDER BY ordinal_position"
+    ) == [
+        ("id", "character varying", 36, "NO", None),
+        ("checksum", "character varying", 64, "NO", None),
+        ("finished_at", "timestamp with time zone", None, "YES", None),
+        ("migration_name", "character varying", 255, "NO", None),
+        ("logs", "text", None, "YES", None),
+        ("rolled_back_at", "timestamp with time zone", None, "YES", None),
+        ("started_at", "timestamp with time zone", None, "NO", "now()"),
+        ("applied_steps_count", "integer", None, "NO", "0"),
+    ]
+    assert pg_db.query(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = '_prisma_migrations'::regclass AND i.indisprimary"
+    ) == [("id",)]
 
     # The backup: private file, size and sha256 as returned, and it restores the old rows.
     backup = result["backup"]
@@ -137,6 +169,7 @@ def test_reset_rebuilds_schema_records_history_and_keeps_a_restorable_backup(
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         assert restored.row_counts() == before
+        assert schema_dump(restored) == old_schema
     finally:
         pg_server.drop_database(restored.name)
 
@@ -164,6 +197,10 @@ def test_check_mode_is_the_preflight_and_changes_nothing(pg_server, pg_db, fixtu
     assert result["applied"] == []
     assert result["backup"]["skipped"] is True and result["backup"]["pg_dump_version"].startswith("15")
     assert result["environment"]["would_mark"] is True and result["environment"]["found"] is None
+    assert result["summary"].startswith(
+        f"schema public of database {pg_db.name}: would drop {len(before)} tables ({sum(before.values())} rows), "
+        "would apply 3 migrations, no backup (check mode), environment production (would be marked)"
+    )
     # Nothing changed: rows, schema, no backup file, no marker, no history table.
     assert pg_db.row_counts() == before
     assert schema_dump(pg_db) == dump
@@ -174,8 +211,8 @@ def test_check_mode_is_the_preflight_and_changes_nothing(pg_server, pg_db, fixtu
 
 def test_broken_last_migration_rolls_back_everything(pg_server, pg_db, fixture_migrations, tmp_path) -> None:
     migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
-    before = seeded(pg_db, migrations)
-    dump = schema_dump(pg_db)
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
     broken = last_migration(migrations)
     broken.write_text(broken.read_text() + '\nALTER TABLE "Ring" ADD COLUMN "oops" NO_SUCH_TYPE;\n')
     line = broken.read_text().splitlines().index('ALTER TABLE "Ring" ADD COLUMN "oops" NO_SUCH_TYPE;') + 1
@@ -184,8 +221,7 @@ def test_broken_last_migration_rolls_back_everything(pg_server, pg_db, fixture_m
     assert broken.parent.name in res.msg and str(broken) in res.msg
     assert 'type "no_such_type" does not exist' in res.msg and f"line {line}" in res.msg
     assert res.result["sqlstate"] == "42704"
-    assert pg_db.row_counts() == before
-    assert schema_dump(pg_db) == dump
+    assert_untouched(pg_db, before)
     assert marker(pg_db) is None
     # The reset lock went with the module's session.
     assert pg_db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0] == 0
@@ -194,7 +230,8 @@ def test_broken_last_migration_rolls_back_everything(pg_server, pg_db, fixture_m
 
 def test_connection_terminated_during_a_migration_leaves_the_old_database(pg_db, fixture_migrations, tmp_path) -> None:
     migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
-    before = seeded(pg_db, migrations)
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
     slow = last_migration(migrations)
     slow.write_text(slow.read_text() + "\nSELECT pg_sleep(60);\n")
     box: dict = {}
@@ -218,12 +255,14 @@ def test_connection_terminated_during_a_migration_leaves_the_old_database(pg_db,
     assert killed
     res = box["res"]
     assert res.failed
-    assert slow.parent.name in res.msg and "nothing was changed" in res.msg
-    assert pg_db.row_counts() == before
+    assert slow.parent.name in res.msg and str(slow) in res.msg and "nothing was changed" in res.msg
+    assert "connection was lost" in res.msg
+    assert_untouched(pg_db, before)
 
 
 def test_second_reset_fails_fast_and_leaves_the_lock_holder_alone(pg_db, fixture_migrations, tmp_path) -> None:
-    before = seeded(pg_db, fixture_migrations)
+    seeded(pg_db, fixture_migrations)
+    before = snapshot(pg_db)
     holder = pg_db.connect()
     try:
         with holder.cursor() as cur:
@@ -234,19 +273,20 @@ def test_second_reset_fails_fast_and_leaves_the_lock_holder_alone(pg_db, fixture
         res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, tmp_path))
         assert res.failed
         assert "another schema reset is running" in res.msg and f"pid {pid}" in res.msg and "first reset" in res.msg
-        assert res.result["lock_holder_pid"] == pid
+        assert res.result["lock_holder_pid"] == pid and f"SELECT pg_terminate_backend({pid})" in res.msg
         # The holder was not terminated, no backup was taken, nothing changed.
         with holder.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
         assert list(tmp_path.iterdir()) == []
-        assert pg_db.row_counts() == before
+        assert_untouched(pg_db, before)
     finally:
         holder.close()
 
 
 def test_other_sessions_are_terminated_or_the_lock_timeout_fails_cleanly(pg_db, fixture_migrations) -> None:
-    before = seeded(pg_db, fixture_migrations)
+    seeded(pg_db, fixture_migrations)
+    before = snapshot(pg_db)
     blocker = pg_db.connect(autocommit=False)
     try:
         with blocker.cursor() as cur:
@@ -257,7 +297,8 @@ def test_other_sessions_are_terminated_or_the_lock_timeout_fails_cleanly(pg_db, 
         )
         assert res.failed
         assert "lock timeout" in res.msg and "nothing was changed" in res.msg
-        assert pg_db.row_counts() == before
+        assert "set terminate_sessions: true" in res.msg and res.result["step"] == "DROP SCHEMA public CASCADE"
+        assert_untouched(pg_db, before)
 
         res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations))
         assert not res.failed, res.msg
@@ -270,7 +311,8 @@ def test_other_sessions_are_terminated_or_the_lock_timeout_fails_cleanly(pg_db, 
 
 
 def test_wrong_password_names_the_server_and_hides_the_password(pg_server, pg_db, fixture_migrations) -> None:
-    before = seeded(pg_db, fixture_migrations)
+    seeded(pg_db, fixture_migrations)
+    before = snapshot(pg_db)
     wrong = "Wr0ng-" + secrets.token_hex(8)
     args = args_for(pg_db, fixture_migrations)
     args["database_url"] = pg_db.url(password=wrong, user="postgres", params="schema=public")
@@ -278,9 +320,9 @@ def test_wrong_password_names_the_server_and_hides_the_password(pg_server, pg_db
     assert res.failed
     assert "cannot connect to PostgreSQL at host 127.0.0.1" in res.msg
     assert f"port {pg_server.port}" in res.msg and pg_db.name in res.msg
-    assert "password authentication failed" in res.msg
+    assert "password authentication failed" in res.msg and "nothing was changed" in res.msg
     assert_no_secret(res, wrong)
-    assert pg_db.row_counts() == before
+    assert_untouched(pg_db, before)
 
 
 def test_environment_marker_is_written_checked_and_survives_the_drop(pg_db, fixture_migrations) -> None:
@@ -293,13 +335,13 @@ def test_environment_marker_is_written_checked_and_survives_the_drop(pg_db, fixt
     assert marker(pg_db) == "production"
 
     seed_hub_data(pg_db, rings=2, members_per_ring=1)
-    after_seed = pg_db.row_counts()
+    after_seed = snapshot(pg_db)
     for expected, text in (("staging", "marked as environment 'production'"), (None, "expected_environment")):
         extra = {"expected_environment": expected} if expected else {}
         res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, **extra))
         assert res.failed and text in res.msg and "nothing was changed" in res.msg
-        assert pg_db.row_counts() == after_seed
-    assert sum(after_seed.values()) > 0 and sum(before.values()) > 0
+        assert_untouched(pg_db, after_seed)
+    assert sum(before.values()) > 0
 
     res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, expected_environment="production"))
     assert not res.failed, res.msg
@@ -330,8 +372,8 @@ def tiny_mount(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "a_file", "read_only", "full"])
 def test_backup_dir_faults_fail_before_the_drop(case, pg_db, fixture_migrations, tmp_path, tiny_mount) -> None:
-    before = seeded(pg_db, fixture_migrations, rings=12)
-    dump = schema_dump(pg_db)
+    seeded(pg_db, fixture_migrations, rings=12)
+    before = snapshot(pg_db)
     if case == "missing":
         backup_dir, text = tmp_path / "nope", "does not exist"
     elif case == "a_file":
@@ -344,18 +386,22 @@ def test_backup_dir_faults_fail_before_the_drop(case, pg_db, fixture_migrations,
         backup_dir, text = tiny_mount("size=32k,ro"), "is not writable"
     else:
         backup_dir, text = tiny_mount("size=8k,mode=0700"), "No space left on device"
+    if case == "full":  # the preflight sees the directory works but warns that it is small
+        check = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backup_dir), check=True)
+        assert not check.failed, check.msg
+        assert any("bytes free" in w and "full disk" in w for w in check.result["warnings"])
     res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backup_dir))
     assert res.failed
-    assert text in res.msg and "nothing was changed" in res.msg or text in res.msg
-    assert pg_db.row_counts() == before
-    assert schema_dump(pg_db) == dump
+    assert text in res.msg and "nothing was changed" in res.msg, res.msg
+    assert_untouched(pg_db, before)
     if case == "full":
         assert "pg_dump" in res.msg and list(backup_dir.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["not_on_path", "bad_option", "too_old"])
-def test_pg_dump_missing_or_too_old_fails_before_the_drop(case, pg_db, fixture_migrations, tmp_path) -> None:
-    before = seeded(pg_db, fixture_migrations)
+@pytest.mark.parametrize("case", ["not_on_path", "bad_option", "too_old", "unreadable_backup"])
+def test_client_tool_faults_fail_before_the_drop(case, pg_server, pg_db, fixture_migrations, tmp_path) -> None:
+    seeded(pg_db, fixture_migrations)
+    before = snapshot(pg_db)
     backup_dir = tmp_path / "backups"
     backup_dir.mkdir()
     args = args_for(pg_db, fixture_migrations, backup_dir)
@@ -368,6 +414,17 @@ def test_pg_dump_missing_or_too_old_fails_before_the_drop(case, pg_db, fixture_m
     elif case == "bad_option":
         args["pg_dump_path"] = str(tmp_path / "no" / "pg_dump")
         text = "no executable pg_dump"
+    elif case == "unreadable_backup":  # the read-back is a real check: a pg_restore that cannot list fails
+        broken = tmp_path / "broken" / "pg_restore"
+        broken.parent.mkdir()
+        real = pg_server.tool("pg_restore")
+        broken.write_text(
+            f'#!/bin/sh\n[ "$1" = "--version" ] && exec {real} --version\n'
+            "echo 'pg_restore: error: input file does not appear to be a valid archive' >&2\nexit 1\n"
+        )
+        broken.chmod(0o755)
+        args["pg_restore_path"] = str(broken)
+        text = "pg_restore --list cannot read the backup"
     else:
         old = tmp_path / "old" / "pg_dump"
         old.parent.mkdir()
@@ -377,14 +434,15 @@ def test_pg_dump_missing_or_too_old_fails_before_the_drop(case, pg_db, fixture_m
         text = "older than the server"
     res = run_module("pg_schema_reset", args, task_env=task_env)
     assert res.failed
-    assert text in res.msg, res.msg
-    assert pg_db.row_counts() == before
+    assert text in res.msg and "nothing was changed" in res.msg, res.msg
+    assert_untouched(pg_db, before)
     assert list(backup_dir.iterdir()) == []
 
 
 def test_unsafe_migration_is_refused_before_connecting(pg_db, fixture_migrations, tmp_path) -> None:
     migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
-    before = seeded(pg_db, migrations)
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
     last = last_migration(migrations)
     last.write_text(
         last.read_text() + "\n-- CREATE INDEX CONCURRENTLY in a comment is fine\n"
@@ -394,7 +452,7 @@ def test_unsafe_migration_is_refused_before_connecting(pg_db, fixture_migrations
     res = run_module("pg_schema_reset", args_for(pg_db, migrations, tmp_path / "unused"))
     assert res.failed
     assert f"{last} line {line}: CREATE INDEX CONCURRENTLY" in res.msg
-    assert pg_db.row_counts() == before
+    assert_untouched(pg_db, before)
     assert pg_db.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'Ring_name_idx'")[0][0] == 0
 
 
@@ -411,8 +469,10 @@ def test_prisma_url_with_a_non_public_schema(pg_db, fixture_migrations) -> None:
     seed_hub_data(pg_db, rings=2, members_per_ring=1, schema="hub")
     # A view in public over hub."Ring" would go with the cascade: refused unless allowed.
     pg_db.execute('CREATE VIEW public.ring_names AS SELECT name FROM hub."Ring"')
+    hub_before = snapshot(pg_db, "hub")
     refused = run_module("pg_schema_reset", args)
     assert refused.failed and "would also drop objects in other schemas: view public.ring_names" in refused.msg
+    assert_untouched(pg_db, hub_before, "hub")
     assert pg_db.query('SELECT count(*) FROM hub."Ring"')[0][0] == 2
     second = run_module("pg_schema_reset", dict(args, allow_outside_drops=True))
     assert not second.failed, second.msg
@@ -472,7 +532,7 @@ def test_non_superuser_owner_keeps_owner_and_privileges_and_outsider_is_refused(
     db.execute(f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public GRANT SELECT ON TABLES TO "{reader}"')
     db.execute(f"COMMENT ON DATABASE \"{db.name}\" IS 'Ring Hub staging'")
     seed_hub_data(db, rings=2, members_per_ring=1)
-    before = db.row_counts()
+    untouched = snapshot(db)
     acl_sql = "SELECT nspacl::text, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
     acl_before = db.query(acl_sql)
 
@@ -483,7 +543,7 @@ def test_non_superuser_owner_keeps_owner_and_privileges_and_outsider_is_refused(
     )  # fmt: skip
     assert refused.failed
     assert "may not drop schema 'public'" in refused.msg and "may not create schemas" in refused.msg
-    assert db.row_counts() == before
+    assert_untouched(db, untouched)
 
     res = run_module(
         "pg_schema_reset",
@@ -595,7 +655,8 @@ def test_prisma_begin_commit_brackets_are_refused_or_run_inside_the_one_transact
     pg_db, fixture_migrations, tmp_path
 ) -> None:
     migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
-    before = seeded(pg_db, migrations)
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
     enum_sql = "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = %s::regtype"
     labels = pg_db.query(enum_sql, ('"ActorType"',))
     alter = migrations / "20250301000000_actor_type_bot" / "migration.sql"
@@ -606,13 +667,13 @@ def test_prisma_begin_commit_brackets_are_refused_or_run_inside_the_one_transact
     assert refused.failed and f"{alter} line 2: transaction control statement BEGIN" in refused.msg
     assert f"{alter} line 8: transaction control statement COMMIT" in refused.msg
     assert "strip_transaction_control: true" in refused.msg
-    assert pg_db.row_counts() == before
+    assert_untouched(pg_db, before)
 
     # A failure after the COMMIT line still rolls back what came before it: that COMMIT never ran.
     alter.write_text(ALTER_ENUM + "SELECT no_such_function();\n")
     failed = run_module("pg_schema_reset", args_for(pg_db, migrations, strip_transaction_control=True))
     assert failed.failed and "no_such_function" in failed.msg and "line 9" in failed.msg
-    assert pg_db.row_counts() == before
+    assert_untouched(pg_db, before)
     assert pg_db.query(enum_sql, ('"ActorType"',)) == labels
 
     alter.write_text(ALTER_ENUM)
@@ -623,3 +684,194 @@ def test_prisma_begin_commit_brackets_are_refused_or_run_inside_the_one_transact
     assert pg_db.query("SELECT checksum FROM _prisma_migrations WHERE migration_name = %s", (alter.parent.name,)) == [
         (hashlib.sha256(alter.read_bytes()).hexdigest(),)
     ]
+
+
+def gated_pg_dump(pg_server, directory: Path) -> tuple[Path, Path, Path]:
+    """A pg_dump that waits for a ``go`` file before it dumps (``started`` appears when it waits).
+
+    pg_restore next to it is the real one, so the module uses the pair.
+    """
+    directory.mkdir()
+    started, go = directory / "started", directory / "go"
+    wrapper = directory / "pg_dump"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" != "--version" ]; then\n'
+        f"  touch '{started}'\n"
+        f"  while [ ! -e '{go}' ]; do sleep 0.05; done\n"
+        "fi\n"
+        f"exec '{pg_server.tool('pg_dump')}' \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    (directory / "pg_restore").symlink_to(pg_server.tool("pg_restore"))
+    return wrapper, started, go
+
+
+def wait_for(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_the_lock_is_held_from_before_the_backup_until_the_commit(
+    pg_server, pg_db, fixture_migrations, tmp_path, record_property
+) -> None:
+    """A session queued on the reset lock gets it only after the reset committed; a second reset fails fast."""
+    before = seeded(pg_db, fixture_migrations)
+    wrapper, started, go = gated_pg_dump(pg_server, tmp_path / "bin")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    box: dict = {}
+    first = threading.Thread(
+        target=lambda: box.setdefault(
+            "first",
+            run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backups, pg_dump_path=str(wrapper))),
+        )
+    )
+    first.start()
+    try:
+        wait_for(started.exists, "the first reset to start its backup")
+        holder = pg_db.query(
+            "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
+            (LOCK_CLASSID, LOCK_OBJID),
+        )
+        assert [h[1] for h in holder] == [APP]  # taken before the backup, by the reset's own session
+
+        # A second reset while the first one holds the lock: fails at once, changes nothing.
+        clock = time.monotonic()
+        second = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backups))
+        wall = time.monotonic() - clock
+        assert second.failed and "another schema reset is running" in second.msg
+        assert f"pid {holder[0][0]}" in second.msg and "pg_terminate_backend" in second.msg
+        assert set(second.result["seconds"]) >= {"validate", "connect", "lock"}
+        record_property("second_reset_wall_seconds", round(wall, 3))
+        record_property("second_reset_module_seconds", second.result["seconds"])
+        print(
+            f"second reset failed after {wall:.3f} s wall (ansible-playbook), module phases {second.result['seconds']}"
+        )
+
+        # A session queued on the lock is granted it the moment the reset releases it.
+        waiter = pg_db.connect()
+        waiter_pid = waiter.get_backend_pid()
+        seen: dict = {}
+
+        def wait_for_lock() -> None:
+            with waiter.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (RESET_LOCK_KEY,))
+                # One statement, one snapshot: the old schema has no _prisma_migrations table.
+                cur.execute("""SELECT (SELECT count(*) FROM "Ring"), to_regclass('_prisma_migrations') IS NOT NULL""")
+                seen["rings"], seen["history"] = cur.fetchone()
+                cur.execute("SELECT pg_advisory_unlock(%s)", (RESET_LOCK_KEY,))
+
+        queued = threading.Thread(target=wait_for_lock)
+        queued.start()
+        wait_for(
+            lambda: (
+                pg_db.query(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = %s",
+                    (waiter_pid,),
+                )[0][0]
+                == 1
+            ),
+            "the waiter to queue on the reset lock",
+        )
+    finally:
+        go.touch()
+        first.join(300)
+    queued.join(60)
+    waiter.close()
+    res = box["first"]
+    assert not res.failed, res.msg
+    # The lock was never free between the backup and the commit: the queued session saw the new schema.
+    assert seen == {"rings": 0, "history": True}
+    assert all(s["pid"] != waiter_pid for s in res.result["terminated_sessions"])
+    assert {t["name"]: t["rows"] for t in res.result["dropped"]["tables"]} == before
+    assert Path(res.result["backup"]["path"]).exists()
+
+
+PLAYBOOK = """
+- name: preflight, reset and audit, as the reset playbook chains them
+  hosts: localhost
+  gather_facts: false
+  vars:
+    reset_args:
+      migrations_dir: "{{ migrations_dir }}"
+      backup_dir: "{{ backup_dir }}"
+      expected_environment: production
+  tasks:
+    - name: preflight with DATABASE_URL from the environment of the module process
+      threadring.ringhub.pg_schema_reset: "{{ reset_args }}"
+      check_mode: true
+      register: preflight
+    - name: show the preflight
+      ansible.builtin.debug:
+        msg: "{{ preflight.summary }}"
+    - name: reset
+      threadring.ringhub.pg_schema_reset: "{{ reset_args | combine({'database_url': ringhub_database_url}) }}"
+      register: reset
+    - name: audit line
+      threadring.ringhub.audit_log:
+        path: "{{ audit_file }}"
+        event: pg_schema_reset
+        status: succeeded
+        details:
+          summary: "{{ reset.summary }}"
+          connection: "{{ reset.connection }}"
+          dropped: "{{ reset.dropped }}"
+          applied: "{{ reset.applied }}"
+          backup: "{{ reset.backup }}"
+          environment: "{{ reset.environment }}"
+          seconds: "{{ reset.seconds }}"
+"""
+
+
+def test_results_feed_a_summary_and_an_audit_line_without_the_password(
+    pg_server, pg_db, fixture_migrations, tmp_path
+) -> None:
+    """A password full of URL-reserved characters, percent-encoded in the URL, never shows at -vvv."""
+    role = "resetter_" + secrets.token_hex(4)
+    password = "p@ss/w:rd?#%&=" + secrets.token_hex(6)
+    pg_server.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER PASSWORD %s', (password,))
+    try:
+        before = seeded(pg_db, fixture_migrations)
+        url = pg_db.url(user=role, password=password, params="schema=public&connection_limit=5")
+        encoded = url.split("://", 1)[1].split("@")[0].split(":", 1)[1]
+        assert encoded != password
+        backups, audit = tmp_path / "backups", tmp_path / "audit" / "ringhub.jsonl"
+        backups.mkdir()
+        playbook = tmp_path / "reset.yml"
+        playbook.write_text(PLAYBOOK)
+        run = run_playbook(
+            playbook,
+            {"migrations_dir": str(fixture_migrations), "backup_dir": str(backups), "audit_file": str(audit),
+             "ringhub_database_url": url},
+            verbosity=3,
+            env={"DATABASE_URL": url},
+        )  # fmt: skip
+        preflight, reset = (
+            run.task("preflight with DATABASE_URL from the environment of the module process"),
+            run.task("reset"),
+        )
+        assert not reset.get("failed"), reset.get("msg")
+        assert preflight["connection"]["source"] == "DATABASE_URL environment variable"
+        assert run.task("show the preflight")["msg"] == preflight["summary"]
+        assert f"would drop {len(before)} tables ({sum(before.values())} rows)" in preflight["summary"]
+        assert pg_db.query('SELECT count(*) FROM "Ring"') == [(0,)]
+
+        [line] = audit.read_text().splitlines()
+        record = json.loads(line)["details"]
+        assert record["summary"] == reset["summary"]
+        assert record["summary"].startswith(f"schema public of database {pg_db.name}: dropped {len(before)} tables")
+        assert record["backup"]["sha256"] == hashlib.sha256(Path(reset["backup"]["path"]).read_bytes()).hexdigest()
+        assert {t["name"]: t["rows"] for t in record["dropped"]["tables"]} == before
+        assert [a["name"] for a in record["applied"]] == [m["name"] for m in reset["migrations"]]
+        assert record["environment"]["value"] == "production" and record["environment"]["marked"] is True
+        assert record["connection"]["url"] == (
+            f"postgresql://{role}:********@127.0.0.1:{pg_server.port}/{pg_db.name}?schema=public&connection_limit=5"
+        )
+        for text in (run.output, audit.read_text(), json.dumps(run.results)):
+            assert password not in text and encoded not in text and url not in text
+    finally:
+        pg_server.execute(f'DROP ROLE IF EXISTS "{role}"')

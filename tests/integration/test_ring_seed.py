@@ -86,19 +86,28 @@ def test_drift_is_corrected_with_diff_and_reset_at_is_kept(pg_db, fixture_migrat
     args = {"database_url": pg_db.url(), "owner_did": OWNER}
     assert not run_module("ring_seed", args).failed
     [original] = ring_rows(pg_db)
-    pg_db.execute('UPDATE "Ring" SET name = %s, "joinPolicy" = %s, "parentId" = NULL', ("Renamed", "CLOSED"))
+    pg_db.execute(
+        """INSERT INTO "Ring" (id, slug, name, "updatedAt", "ownerDid", metadata)
+           VALUES ('old-root', 'old-root', 'Old', now(), %s, '{"isRoot": true}')""",
+        (OWNER,),
+    )
+    pg_db.execute(
+        """UPDATE "Ring" SET name = %s, "joinPolicy" = %s, "parentId" = 'old-root' WHERE slug = 'spool'""",
+        ("Renamed", "CLOSED"),
+    )
     pg_db.execute("""UPDATE "RingRole" SET permissions = '["comment"]' WHERE name = 'member'""")
     pg_db.execute("""DELETE FROM "RingRole" WHERE name = 'moderator'""")
     pg_db.execute(
         """INSERT INTO "RingRole" (id, "ringId", name, permissions) VALUES ('x-curator', %s, 'curator', '[]')""",
         (original["id"],),
     )
+    drifted = ring_rows(pg_db), role_rows(pg_db)
+    check = run_module("ring_seed", args, check=True, diff=True)
+    assert not check.failed and check.changed, check.msg
+    assert check.result["diff"]["before"]["ring"]["name"] == "Renamed"
+    assert check.result["diff"]["after"]["ring"]["name"] == "The Spool"
+    assert (ring_rows(pg_db), role_rows(pg_db)) == drifted  # check mode wrote nothing
 
-    pg_db.execute(
-        """INSERT INTO "Ring" (id, slug, name, "updatedAt", "ownerDid", metadata)
-           VALUES ('old-root', 'old-root', 'Old', now(), %s, '{"isRoot": true}')""",
-        (OWNER,),
-    )
     res = run_module("ring_seed", args, diff=True)
     assert not res.failed, res.msg
     assert res.changed
@@ -107,16 +116,18 @@ def test_drift_is_corrected_with_diff_and_reset_at_is_kept(pg_db, fixture_migrat
     diff = res.result["diff"]
     assert diff["before"]["ring"]["name"] == "Renamed" and diff["after"]["ring"]["name"] == "The Spool"
     assert diff["before"]["ring"]["join_policy"] == "CLOSED" and diff["after"]["ring"]["join_policy"] == "OPEN"
+    assert diff["before"]["ring"]["parent_id"] == "old-root" and diff["after"]["ring"]["parent_id"] is None
     assert (
         "moderator" not in diff["before"]["roles"] and diff["after"]["roles"]["moderator"] == PERMISSIONS["moderator"]
     )
     assert diff["before"]["roles"]["member"] == ["comment"]
     assert res.result["extra_roles"] == ["curator"]
-    assert res.result["actions"] == ["update ring spool: join_policy, name", "create role moderator",
+    assert res.result["actions"] == ["update ring spool: join_policy, name, parent_id", "create role moderator",
                                      "update role member permissions"]  # fmt: skip
 
     [ring] = [r for r in ring_rows(pg_db) if r["slug"] == "spool"]
     assert ring["id"] == original["id"] and ring["name"] == "The Spool" and ring["joinPolicy"] == "OPEN"
+    assert ring["parentId"] is None
     assert ring["metadata"] == original["metadata"]  # resetAt kept
     assert ring["updatedAt"] >= original["updatedAt"] and ring["createdAt"] == original["createdAt"]
     roles = role_rows(pg_db)

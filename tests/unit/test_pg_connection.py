@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
@@ -121,3 +123,29 @@ def test_environment_marker_in_the_database_comment() -> None:
     assert (
         marked_comment("Ring Hub\nringhub.environment=old\nmore", "prod") == "Ring Hub\nmore\nringhub.environment=prod"
     )
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["pa#ss-XYZ", "pa/ss-XYZ", "pa?ss-XYZ", "1234?XYZ", "1234/XYZ", "a?b/c#XYZ", "p@ss:w0rd-XYZ"],
+)
+def test_unencoded_reserved_characters_in_the_password_never_show(password) -> None:
+    url = f"postgresql://hub:{password}@db.internal:5432/ringhub?schema=public"
+    masked = mask_database_url(url)
+    assert masked == "postgresql://hub:********@db.internal:5432/ringhub?schema=public"
+    fragments = [part for part in re.split(r"[#/?@:]", password) if len(part) >= 3]
+    try:
+        spec = parse_database_url(url)
+    except RingHubError as err:
+        assert "percent-encode" in err.msg
+        text = err.msg
+    else:  # only an unencoded '@' or ':' still parses (the last '@' ends the userinfo)
+        assert spec.password == password and spec.host == "db.internal"
+        text = str(spec.describe())
+    assert all(fragment not in text for fragment in fragments), text
+
+
+def test_an_at_sign_in_the_query_is_not_taken_for_a_password() -> None:
+    url = "postgresql://db.internal:5432/ringhub?application_name=reset@ops"
+    assert mask_database_url(url) == url
+    assert parse_database_url(url).params["application_name"] == "reset@ops"

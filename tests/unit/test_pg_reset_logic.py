@@ -62,8 +62,23 @@ def test_invalid_options_are_refused(opts, text) -> None:
         reset_for(**opts).validate_options()
 
 
-def test_valid_options_pass() -> None:
-    reset_for(schema="hub", backup=False, expected_environment="production", lock_timeout="500ms").validate_options()
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"schema": "hub", "backup": False, "expected_environment": "production", "lock_timeout": "500ms"},
+        {"schema": "public", "backup": False, "expected_environment": "a" * 63, "lock_timeout": " 1min "},
+        {"schema": "public", "backup": True, "backup_dir": "/var/backups/ringhub", "lock_timeout": "10s"},
+    ],
+)
+def test_valid_options_pass(opts) -> None:
+    reset = reset_for(**opts)
+    assert reset.validate_options() is None
+    assert reset.opts.schema == opts["schema"]
+
+
+def test_environment_name_length_limit() -> None:
+    with pytest.raises(RingHubError, match="1-63"):
+        reset_for(schema="public", backup=False, expected_environment="a" * 64).validate_options()
 
 
 def test_line_of_statement_position() -> None:
@@ -114,3 +129,5 @@ def test_summary_line_for_the_audit_record() -> None:
         "schema public of database ringhub: would drop 1 tables (2 rows), would apply 2 migrations, "
         "no backup (check mode), environment unmarked, 1.5 s"
     )
+    result.update(environment={"value": "production", "would_mark": True, "marked": False})
+    assert summary_line(result, True).endswith("environment production (would be marked), 1.5 s")
