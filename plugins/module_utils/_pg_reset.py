@@ -509,7 +509,7 @@ class SchemaReset:
         self.locked = False
         self.migrations_role = ""
         self.preflight_marker: str | None = None
-        # True only while COMMIT runs: a failure then has an unknown outcome.
+        # Set when COMMIT is sent: a failure from then on may have changed the database.
         self.committing = False
         self.warnings: list[str] = []
         self.state = SchemaState()
@@ -798,7 +798,6 @@ class SchemaReset:
             step = "COMMIT"
             self.committing = True
             conn.commit()
-            self.committing = False
         except RingHubError:
             self._rollback()
             raise
@@ -864,11 +863,6 @@ class SchemaReset:
         self.validate_options()
         try:
             return self._run(result)
-        except RingHubError as exc:
-            if not self.committing and NOTHING_CHANGED not in exc.msg:
-                exc.msg = f"{exc.msg}; {NOTHING_CHANGED}"
-                exc.args = (exc.msg,)
-            raise
         except psycopg2.Error as exc:
             # Only reset() commits, and it turns its own errors into RingHubError.
             raise RingHubError(

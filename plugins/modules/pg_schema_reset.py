@@ -405,7 +405,8 @@ def main() -> None:
         result = reset.run()
     except RingHubError as exc:
         msg = spec.redact(exc.msg) if spec else exc.msg
-        if reset is None and NOTHING_CHANGED not in msg:
+        # Every failure before COMMIT leaves the database as it was; say so once, here.
+        if not (reset is not None and reset.committing) and NOTHING_CHANGED not in msg:
             msg = f"{msg}; {NOTHING_CHANGED}"
         details = dict(exc.details)
         if spec is not None:
