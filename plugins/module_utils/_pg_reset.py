@@ -17,21 +17,34 @@ Order of work (``SchemaReset.run()``):
 5. one transaction: terminate other sessions, set ``lock_timeout``, record
    tables and row counts, ``DROP SCHEMA ... CASCADE``, ``CREATE SCHEMA`` with
    owner, comment and privileges restored, create ``_prisma_migrations`` as
-   Prisma Migrate does, apply every migration and record it, mark the
-   environment, commit. Any error rolls everything back.
+   Prisma Migrate does, apply every migration and record it, seed the root
+   ring and its roles (``root_ring``, ring_seed's own ``RingSeeder``, as the
+   migrations role), mark the environment, commit. Any error rolls everything
+   back.
 
-Check mode runs steps 1 to 3 and reports what would be dropped and applied.
+Check mode runs steps 1 to 3 and reports what would be dropped, applied and
+seeded.
+
+With a ``progress_file`` (``Progress``) every phase change, and every
+``PROGRESS_INTERVAL`` seconds while ``pg_dump`` runs, replaces a small JSON
+file (same-directory temp file, mode 0600, rename) that a playbook polling an
+async task can print.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +62,11 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     where,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import Migration
+from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
+    RingSeeder,
+    RootRing,
+    missing_tables,
+)
 
 # int.from_bytes(b"RingHub!", "big"): the bigint key of pg_try_advisory_lock(bigint).
 # Advisory locks are per database, so resets of different databases never collide.
@@ -61,6 +79,11 @@ LOCK_TIMEOUT_RE = re.compile(r"^\d+\s*(ms|s|min)?$")
 SYSTEM_SCHEMA_RE = re.compile(r"^(pg_.*|information_schema)$")
 APPLICATION_NAME = "threadring.ringhub.pg_schema_reset"
 NOTHING_CHANGED = "nothing was changed"
+# Seconds between two writes of the progress file while pg_dump runs.
+PROGRESS_INTERVAL = 0.5
+PROGRESS_PHASES = (
+    "validate", "connect", "lock", "preflight", "count", "backup", "verify_backup", "reset", "done", "failed",
+)  # fmt: skip
 
 PRISMA_MIGRATIONS_TABLE = "_prisma_migrations"
 PRISMA_MIGRATIONS_DDL = """CREATE TABLE "_prisma_migrations" (
@@ -97,6 +120,7 @@ class ResetOptions:
     lock_timeout: str = "10s"
     allow_outside_drops: bool = False
     migrations_role: str | None = None
+    root_ring: RootRing | None = None
     check_mode: bool = False
 
 
@@ -306,6 +330,130 @@ def unreadable_tables(cur: Any, schema: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
+# -- progress file ----------------------------------------------------------------------
+
+
+def _iso_now() -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class Progress:
+    """The ``progress_file`` of one run; with ``path`` None every call is a no-op.
+
+    Each write replaces the whole file atomically: a temp file in the same
+    directory (``mkstemp``: mode 0600), then ``os.replace``. A reader sees the old
+    or the new JSON, never half of one. Only the first write (``start()``) may fail
+    the run; a later write that fails leaves ``warning`` set and the run goes on.
+    Nothing secret goes in: names, sizes, times, and an error already masked
+    (``redact`` is applied once more).
+    """
+
+    def __init__(self, path: str | None, check_mode: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.clock = clock
+        self.redact: Callable[[str], str] = str
+        self.begun = clock()
+        self.phase_begun = self.begun
+        self.dump_begun: float | None = None
+        self.writes = 0
+        self.warning: str | None = None
+        self.data: dict[str, Any] = {
+            "phase": "validate",
+            "started": _iso_now(),
+            "updated": None,
+            "elapsed": 0.0,
+            "phase_elapsed": 0.0,
+            "check_mode": check_mode,
+            "database": None,
+            "schema": None,
+            "database_size": None,
+            "backup_path": None,
+            "backup_bytes": 0,
+            "rate_bytes_per_s": 0.0,
+            "failed_phase": None,
+            "error": None,
+            "summary": None,
+        }
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path)
+
+    def start(self) -> None:
+        """The first write (phase ``validate``): a path that cannot be written fails before anything else."""
+        self._write(strict=True)
+
+    def set(self, **fields: Any) -> None:
+        """Change fields without writing (they go out with the next write)."""
+        self.data.update(fields)
+
+    def phase(self, name: str, **fields: Any) -> None:
+        self.data.update(fields, phase=name)
+        self.phase_begun = self.clock()
+        self._write()
+
+    def dump_started(self, path: str) -> None:
+        self.dump_begun = self.clock()
+        self.data.update(backup_path=path, backup_bytes=0, rate_bytes_per_s=0.0)
+        self._write()
+
+    def dump_size(self, size: int) -> None:
+        """The backup file's size now; the rate is the average since pg_dump started."""
+        seconds = self.clock() - (self.dump_begun if self.dump_begun is not None else self.phase_begun)
+        self.data.update(backup_bytes=size, rate_bytes_per_s=round(size / seconds, 1) if seconds > 0 else 0.0)
+        self._write()
+
+    def done(self, summary: str) -> None:
+        self.phase("done", summary=summary)
+
+    def fail(self, msg: str) -> None:
+        """Phase ``failed`` with the (masked) error; never raises."""
+        failed_phase = self.data["phase"] if self.data["phase"] not in ("done", "failed") else None
+        self.data.update(failed_phase=failed_phase, error=self.redact(msg))
+        try:
+            self.phase("failed")
+        except RingHubError:
+            pass
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        return dict(
+            self.data,
+            updated=_iso_now(),
+            elapsed=round(now - self.begun, 3),
+            phase_elapsed=round(now - self.phase_begun, 3),
+        )
+
+    def _write(self, strict: bool = False) -> None:
+        if not self.path:
+            return
+        text = json.dumps(self.snapshot()) + "\n"
+        directory = os.path.dirname(os.path.abspath(self.path))
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, self.path)
+            tmp = None
+            self.writes += 1
+        except OSError as exc:
+            reason = f"progress_file {self.path}: cannot write it ({exc.strerror or exc})"
+            if strict or self.writes == 0:
+                raise RingHubError(
+                    f"{reason}: its directory must exist and be writable by the user running the module",
+                    path=self.path,
+                ) from None
+            self.warning = self.warning or f"{reason}; the run went on without progress reports"
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
 # -- client tools and backup ----------------------------------------------------------
 
 
@@ -401,12 +549,46 @@ def _client_env(spec: ConnSpec) -> dict[str, str]:
     return env
 
 
+def run_polled(
+    cmd: list[str], env: dict[str, str], tick: Callable[[], None] | None = None, interval: float = PROGRESS_INTERVAL
+) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``, calling ``tick()`` every
+    ``interval`` seconds while the process runs (no polling without ``tick``)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            while True:
+                try:
+                    stdout, stderr = proc.communicate(timeout=interval if tick else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    if tick is not None:
+                        tick()
+        except BaseException:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def make_backup(
-    spec: ConnSpec, tools: Tools, backup_dir: str, schema: str, tables: list[str], snapshot: str | None = None
+    spec: ConnSpec,
+    tools: Tools,
+    backup_dir: str,
+    schema: str,
+    tables: list[str],
+    snapshot: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """``pg_dump -Fc`` of the whole database, mode 0600, read back with ``pg_restore --list``.
 
     With ``snapshot`` (from ``pg_export_snapshot()``) the dump sees exactly that snapshot.
+    With an enabled ``progress`` the running pg_dump is polled and the file's size reported.
     """
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = f"{_safe_name(spec.dbname or 'db')}-{_safe_name(schema)}-{stamp}"
@@ -424,14 +606,19 @@ def make_backup(
     os.close(fd)
     os.chmod(path, 0o600)
     env = _client_env(spec)
+    tick = None
+    if progress is not None and progress.enabled:
+        progress.dump_started(path)
+
+        def tick() -> None:
+            progress.dump_size(_file_size(path))
+
     try:
-        proc = subprocess.run(
+        proc = run_polled(
             [tools.pg_dump, "--format=custom", "--no-password", "--file", path]
             + ([f"--snapshot={snapshot}"] if snapshot else []),
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
+            env,
+            tick,
         )
         if proc.returncode != 0:
             raise RingHubError(
@@ -444,6 +631,9 @@ def make_backup(
             os.fsync(fd)
         finally:
             os.close(fd)
+        if progress is not None and progress.enabled:
+            progress.dump_size(_file_size(path))
+            progress.phase("verify_backup")
         listing = subprocess.run(
             [tools.pg_restore, "--list", path], capture_output=True, text=True, env=env, check=False
         )
@@ -500,11 +690,19 @@ def _line_of(sql: str, position: str | None) -> int | None:
 class SchemaReset:
     """One reset (or its check-mode preflight) of one schema of one database."""
 
-    def __init__(self, spec: ConnSpec, opts: ResetOptions, migrations: list[Migration], timer: PhaseTimer) -> None:
+    def __init__(
+        self,
+        spec: ConnSpec,
+        opts: ResetOptions,
+        migrations: list[Migration],
+        timer: PhaseTimer,
+        progress: Progress | None = None,
+    ) -> None:
         self.spec = spec
         self.opts = opts
         self.migrations = migrations
         self.timer = timer
+        self.progress = progress if progress is not None else Progress(None)
         self.conn: Any = None
         self.locked = False
         self.migrations_role = ""
@@ -527,6 +725,18 @@ class SchemaReset:
             raise RingHubError(f"lock_timeout {opts.lock_timeout!r} must look like 10s, 500ms or 1min")
         if opts.backup and not opts.backup_dir:
             raise RingHubError("backup_dir is required unless backup is false")
+        if opts.root_ring is not None:
+            try:
+                opts.root_ring.validate()
+            except RingHubError as exc:
+                raise RingHubError(f"root_ring: {exc.msg}", option="root_ring") from None
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """One phase: timed (``seconds``) and reported in the progress file."""
+        self.progress.phase(name)
+        with self.timer.phase(name):
+            yield
 
     def take_lock(self) -> None:
         with self.conn.cursor() as cur:
@@ -731,6 +941,27 @@ class SchemaReset:
             )
         return applied
 
+    def _seed_root_ring(self, cur: Any, ring: RootRing) -> dict[str, Any]:
+        """ring_seed's own seed, on the reset's cursor, inside the reset transaction."""
+        schema = self.opts.schema
+        missing = missing_tables(cur, schema)
+        if missing:
+            raise RingHubError(
+                f"root_ring: after the migrations schema {schema!r} has no "
+                + " and no ".join(f'"{name}"' for name in missing)
+                + " table, so the root ring cannot be seeded (do the migrations or sql_files create the hub's "
+                "tables?); the transaction was rolled back, nothing was changed",
+                missing_tables=missing,
+                step="seed the root ring",
+            )
+        return RingSeeder(self.spec, ring).seed_in(cur, schema)
+
+    def _root_ring_result(self, seeded: dict[str, Any], environment: str | None) -> dict[str, Any]:
+        seeded = dict(seeded, environment=environment)
+        seeded.pop("diff", None)
+        self.warnings.extend(seeded.pop("warnings_list", []))
+        return seeded
+
     def _migration_error(self, migration: Migration, exc: Exception) -> RingHubError:
         diag = getattr(exc, "diag", None)
         sqlstate = getattr(exc, "pgcode", None)
@@ -787,6 +1018,10 @@ class SchemaReset:
                 self._recreate_schema(cur, state)
                 step = "apply migrations"
                 out["applied"] = self._apply(cur)
+                if opts.root_ring is not None:
+                    # Still as migrations_role, the owner of the tables just created.
+                    step = "seed the root ring"
+                    out["root_ring"] = self._seed_root_ring(cur, opts.root_ring)
                 cur.execute("RESET ROLE")
                 if opts.expected_environment is not None and state.marker is None:
                     step = "set the environment marker"
@@ -874,17 +1109,19 @@ class SchemaReset:
             self.close()
 
     def _run(self, result: dict[str, Any]) -> dict[str, Any]:
-        opts, timer = self.opts, self.timer
-        with timer.phase("connect"):
+        opts, progress = self.opts, self.progress
+        progress.set(database=self.spec.dbname, schema=opts.schema)
+        with self._phase("connect"):
             self.conn = connect(self.spec, APPLICATION_NAME)
             with self.conn.cursor() as cur:
                 # The session waits idle in a transaction while pg_dump reads its exported snapshot.
                 cur.execute("SET idle_in_transaction_session_timeout = 0")
-        with timer.phase("lock"):
+        with self._phase("lock"):
             self.take_lock()
-        with timer.phase("preflight"):
+        with self._phase("preflight"):
             self.preflight()
             state = self.state
+            progress.set(database=state.database, database_size=state.database_size)
             tools = None
             if opts.backup:
                 tools = find_tools(opts, state.server_version_num, state.server_version)
@@ -908,7 +1145,7 @@ class SchemaReset:
                 other_sessions=state.other_sessions,
             )
         if opts.check_mode:
-            with timer.phase("count"), self.conn.cursor() as cur:
+            with self._phase("count"), self.conn.cursor() as cur:
                 tables = count_rows(cur, opts.schema, state.tables)
             result["dropped"] = self.dropped_summary(tables)
             result["applied"] = []
@@ -916,14 +1153,17 @@ class SchemaReset:
             if tools:
                 result["backup"].update(pg_dump=tools.pg_dump, pg_dump_version=tools.pg_dump_version)
             result["environment"] = self.environment_result(marked=False)
+            if opts.root_ring is not None:
+                preview = RingSeeder(self.spec, opts.root_ring, check_mode=True).preview_fresh(opts.schema)
+                result["root_ring"] = self._root_ring_result(preview, result["environment"]["value"])
             return self._finish(result)
         backup_rows: dict[str, int | None] | None = None
         if opts.backup and tools is not None:
-            with timer.phase("backup"):
+            with self._phase("backup"):
                 result["backup"], backup_rows = self.backup(tools)
         else:
             result["backup"] = {"skipped": True}
-        with timer.phase("reset"):
+        with self._phase("reset"):
             out = self.reset()
         if backup_rows is not None:
             written = {
@@ -938,6 +1178,8 @@ class SchemaReset:
         result["applied"] = out["applied"]
         result["terminated_sessions"] = out.get("terminated_sessions", [])
         result["environment"] = self.environment_result(marked=bool(out.get("marked")))
+        if "root_ring" in out:
+            result["root_ring"] = self._root_ring_result(out["root_ring"], result["environment"]["value"])
         if result["environment"]["marked"]:
             self.warnings.append(
                 f"database {state.database!r} had no environment marker; it is now marked as "
@@ -956,7 +1198,9 @@ class SchemaReset:
                 snapshot = cur.fetchone()[0]
                 tables = read_state(cur, opts.schema).tables
                 rows = {t["name"]: t["rows"] for t in count_rows(cur, opts.schema, tables)}
-                info = make_backup(self.spec, tools, opts.backup_dir or "", opts.schema, tables, snapshot)
+                info = make_backup(
+                    self.spec, tools, opts.backup_dir or "", opts.schema, tables, snapshot, self.progress
+                )
         except psycopg2.Error as exc:
             raise RingHubError(
                 f"the backup transaction failed: {pg_error_text(exc, self.spec)}; nothing was changed"
@@ -1005,9 +1249,19 @@ def summary_line(result: dict[str, Any], check_mode: bool) -> str:
             else "no backup" + (" (check mode)" if check_mode and backup.get("reason") else "")
         )
         + ",",
+        root_ring_part(result.get("root_ring"), check_mode),
         f"environment {env.get('value') or 'unmarked'}"
         + (" (marked now)" if env.get("marked") else " (would be marked)" if env.get("would_mark") else "")
         + ",",
         f"{result['seconds']['total']} s",
     ]
-    return " ".join(parts)
+    return " ".join(part for part in parts if part)
+
+
+def root_ring_part(seeded: dict[str, Any] | None, check_mode: bool) -> str:
+    """The root ring's words in the summary line ("" without root_ring)."""
+    if not seeded:
+        return ""
+    roles = ", ".join(role["name"] for role in seeded.get("roles", []))
+    verb = "would seed" if check_mode else "seeded"
+    return f"{verb} root ring {seeded['ring']['slug']} (roles {roles}),"

@@ -12,6 +12,13 @@ Idempotent: the current rows are read (``FOR UPDATE``), compared with the
 desired state and only the differences are written, in one transaction.
 ``resetAt`` is written when the ring is created (or its metadata rewritten) and
 is never by itself a reason for a change.
+
+``RingSeeder.run()`` is the ring_seed module: its own connection and
+transaction. ``RingSeeder.seed_in(cur, schema)`` is the same seed on a cursor
+whose transaction belongs to the caller (pg_schema_reset's ``root_ring``, before
+its COMMIT); ``RingSeeder.preview_fresh(schema)`` is what that seed writes into
+a schema without rings, computed without a database (its check mode).
+``seed_argument_spec()`` holds the options of both.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
@@ -71,6 +80,32 @@ RING_COLUMNS = {
     "owner_did": "ownerDid",
     "parent_id": "parentId",
 }
+
+
+def seed_argument_spec() -> dict[str, dict[str, Any]]:
+    """The root ring's options: ring_seed's own options and pg_schema_reset's ``root_ring`` suboptions."""
+    return dict(
+        owner_did=dict(type="str", required=True, fallback=(env_fallback, ["INSTANCE_DID"])),
+        slug=dict(type="str", default=DEFAULT_SLUG, fallback=(env_fallback, ["ROOT_RING_SLUG"])),
+        name=dict(type="str", default=ROOT_RING_NAME),
+        description=dict(type="str", default=ROOT_RING_DESCRIPTION),
+        visibility=dict(type="str", default="PUBLIC", choices=list(VISIBILITIES)),
+        join_policy=dict(type="str", default="OPEN", choices=list(JOIN_POLICIES)),
+        post_policy=dict(type="str", default="OPEN", choices=list(POST_POLICIES)),
+        created_by=dict(type="str", default="system"),
+        roles=dict(type="dict", default=copy.deepcopy(DEFAULT_ROLES)),
+        reset_at=dict(type="str"),
+    )
+
+
+def missing_tables(cur: Any, schema: str) -> list[str]:
+    """The tables of the root ring (``Ring``, ``RingRole``) that ``schema`` lacks."""
+    cur.execute(
+        "SELECT to_regclass(%s), to_regclass(%s)",
+        (f'{quote_ident(schema)}."Ring"', f'{quote_ident(schema)}."RingRole"'),
+    )
+    ring, role = cur.fetchone()
+    return [name for name, reg in (("Ring", ring), ("RingRole", role)) if reg is None]
 
 
 def utc_now() -> datetime.datetime:
@@ -132,6 +167,11 @@ class RootRing:
     def desired_value(self, option: str) -> Any:
         return getattr(self, option)
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RootRing:
+        """From module parameters shaped by ``seed_argument_spec()`` (other keys are ignored)."""
+        return cls(**{option: params[option] for option in seed_argument_spec()})
+
 
 def _ring_view(row: dict[str, Any]) -> dict[str, Any]:
     return {option: row.get(option) for option in RING_COLUMNS} | {"metadata": row.get("metadata")}
@@ -190,18 +230,15 @@ class RingSeeder:
         self.queries: list[str] = []
 
     def _exec(self, cur: Any, sql: str, params: Any = None, log: bool = True) -> None:
-        cur.execute(sql, params)
+        """Run one writing statement; without a cursor (``preview_fresh``) only record it."""
+        if cur is not None:
+            cur.execute(sql, params)
         if log:
             self.queries.append(" ".join(sql.split()))
 
     def _check_tables(self, cur: Any, schema: str) -> None:
-        cur.execute(
-            "SELECT to_regclass(%s), to_regclass(%s)",
-            (f'{quote_ident(schema)}."Ring"', f'{quote_ident(schema)}."RingRole"'),
-        )
-        ring, role = cur.fetchone()
-        if ring is None or role is None:
-            missing = [name for name, reg in (("Ring", ring), ("RingRole", role)) if reg is None]
+        missing = missing_tables(cur, schema)
+        if missing:
             raise RingHubError(
                 f"schema {schema!r} of database {self.spec.dbname!r} has no {' and no '.join(missing)} table: "
                 "apply the hub's migrations first (pg_schema_reset)",
@@ -234,7 +271,7 @@ class RingSeeder:
             conn.close()
 
     def _seed(self, cur: Any) -> dict[str, Any]:
-        desired, schema = self.desired, self.spec.schema
+        schema = self.spec.schema
         environment = read_environment_marker(cur)
         if self.expected_environment is not None and environment not in (None, self.expected_environment):
             raise RingHubError(
@@ -243,6 +280,17 @@ class RingSeeder:
                 environment=environment,
             )
         self._check_tables(cur, schema)
+        result = self.seed_in(cur, schema)
+        result["environment"] = environment
+        return result
+
+    def seed_in(self, cur: Any, schema: str) -> dict[str, Any]:
+        """The seed on ``cur``, inside the caller's transaction: no commit, no rollback, no marker check.
+
+        ``schema`` must hold the ``Ring`` and ``RingRole`` tables (see ``missing_tables``).
+        ``environment`` in the result is None: the caller knows the marker.
+        """
+        desired = self.desired
         cur.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
         cur.execute(
             'SELECT id, name, description, visibility::text, "joinPolicy"::text, "postPolicy"::text, "ownerDid", '
@@ -265,6 +313,25 @@ class RingSeeder:
             (desired.slug,),
         )
         other_roots = [r[0] for r in cur.fetchall()]
+        return self._write(cur, schema, current, current_roles, other_roots)
+
+    def preview_fresh(self, schema: str) -> dict[str, Any]:
+        """What ``seed_in`` writes into ``schema`` right after it was created empty; no database.
+
+        The seeder must be in check mode (ids of rows to be created are None).
+        """
+        return self._write(None, schema, None, {}, [])
+
+    def _write(
+        self,
+        cur: Any,
+        schema: str,
+        current: dict[str, Any] | None,
+        current_roles: dict[str, dict[str, Any]],
+        other_roots: list[str],
+    ) -> dict[str, Any]:
+        desired = self.desired
+        ring_id = current["id"] if current else None
         warnings = (
             [f"other rings are marked as root (metadata.isRoot): {', '.join(other_roots)}"] if other_roots else []
         )
@@ -349,7 +416,7 @@ class RingSeeder:
             "actions": actions,
             "queries": self.queries,
             "schema": schema,
-            "environment": environment,
+            "environment": None,
             "other_root_rings": other_roots,
             "warnings_list": warnings,
             "diff": {"before": before, "after": after},

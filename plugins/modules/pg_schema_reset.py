@@ -31,6 +31,11 @@ description:
   - The environment marker is a line C(ringhub.environment=<name>) in the database's comment
     (C(COMMENT ON DATABASE); other lines of the comment are kept). It survives the schema drop, is
     part of no schema Prisma manages, and the database owner can write it without superuser rights.
+  - With O(root_ring) the root ring and its roles are written inside the same transaction, after the
+    migrations and before the commit, by the code of M(threadring.ringhub.ring_seed). A hub that keeps
+    serving during the reset never finds the new schema without them.
+  - With O(progress_file) the module reports its phase and the backup's progress in a JSON file, for a
+    playbook that runs it as an C(async) task and prints the progress while it waits.
 author:
   - ThreadRing Ring Hub maintainers (@threadring)
 extends_documentation_fragment:
@@ -126,6 +131,105 @@ options:
         reset run by a superuser leaves the tables owned by the hub's role), else the connected role.
     type: str
     version_added: 0.1.0
+  root_ring:
+    description:
+      - Seed the root ring (C("Ring") row) and its roles (C("RingRole") rows) in the reset transaction,
+        after the migrations and before the environment marker and the C(COMMIT), so the new schema is
+        never visible without them. Without this option nothing is seeded.
+      - The suboptions are those of M(threadring.ringhub.ring_seed), with the same defaults, choices and
+        environment fallbacks, and the rows are written by the same code, so they are the rows
+        M(threadring.ringhub.ring_seed) writes (a later M(threadring.ringhub.ring_seed) run with the same
+        options reports C(changed=false)).
+      - The rows are written as O(migrations_role), the owner of the tables the migrations created.
+      - Checked before anything is touched (before the lock and the backup); a malformed DID, slug or
+        role list fails the task and changes nothing. When the migrations do not create the C("Ring")
+        and C("RingRole") tables, the transaction is rolled back and the task fails naming them.
+      - In check mode the result tells what would be created (RV(root_ring)).
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      owner_did:
+        description:
+          - The instance DID, owner of the root ring. Validated as a DID (C(did:<method>:<id>)).
+          - Defaults to the E(INSTANCE_DID) environment variable of the module.
+        type: str
+        required: true
+        version_added: 0.2.0
+      slug:
+        description: Slug of the root ring. Defaults to E(ROOT_RING_SLUG) from the environment, else C(spool).
+        type: str
+        default: spool
+        version_added: 0.2.0
+      name:
+        description: Name of the root ring.
+        type: str
+        default: The Spool
+        version_added: 0.2.0
+      description:
+        description: Description of the root ring.
+        type: str
+        default: The root ThreadRing - the origin of all rings in this hub
+        version_added: 0.2.0
+      visibility:
+        description: C(visibility) of the root ring.
+        type: str
+        choices: [PUBLIC, UNLISTED, PRIVATE]
+        default: PUBLIC
+        version_added: 0.2.0
+      join_policy:
+        description: C(joinPolicy) of the root ring.
+        type: str
+        choices: [OPEN, APPLICATION, INVITATION, CLOSED]
+        default: OPEN
+        version_added: 0.2.0
+      post_policy:
+        description: C(postPolicy) of the root ring.
+        type: str
+        choices: [OPEN, MEMBERS, CURATED, CLOSED]
+        default: OPEN
+        version_added: 0.2.0
+      created_by:
+        description: The C(createdBy) value of the ring's metadata.
+        type: str
+        default: system
+        version_added: 0.2.0
+      roles:
+        description:
+          - Role name to permission list. Must include C(member) (the role the hub assigns on join).
+          - The default is the hub's owner, moderator and member roles.
+        type: dict
+        default:
+          owner: [manage_ring, manage_members, manage_roles, manage_posts, moderate_content, invite_members,
+                  block_users, delete_ring]
+          moderator: [manage_members, manage_posts, moderate_content, invite_members, block_users]
+          member: [post_content, comment]
+        version_added: 0.2.0
+      reset_at:
+        description:
+          - The C(resetAt) written into the metadata (ISO 8601, for example C(2026-11-28T17:30:00.000Z)).
+            Defaults to the time of the seed, inside the reset transaction.
+        type: str
+        version_added: 0.2.0
+  progress_file:
+    description:
+      - A file on the managed host that the module keeps up to date with its progress, for a playbook
+        that runs the reset as an C(async) task and polls the file (for example with M(ansible.builtin.slurp))
+        while it waits. Its directory must exist; the file is replaced atomically (a temp file in the
+        same directory, mode C(0600), then a rename) at every phase change and every half second while
+        C(pg_dump) runs. A file that cannot be written at the start fails the task before anything else.
+      - "The file holds one JSON object: C(phase) (one of C(validate), C(connect), C(lock), C(preflight),
+        C(count) (check mode), C(backup), C(verify_backup), C(reset), C(done), C(failed)), C(started) (ISO UTC
+        time the run started), C(updated) (ISO UTC time of this write), C(elapsed) and C(phase_elapsed)
+        (seconds since the run and the phase started), C(check_mode), C(database), C(schema),
+        C(database_size) (bytes, C(pg_database_size), once the preflight read it, else null),
+        C(backup_path), C(backup_bytes) (size of the backup file so far; when C(done), the backup's size),
+        C(rate_bytes_per_s) (average rate of C(pg_dump) since it started), C(failed_phase) and C(error)
+        (the phase that failed and the error message, password masked, when C(failed)), and C(summary)
+        (RV(summary), when C(done))."
+      - It never holds a password or any other secret. It is written in check mode too (it is a report,
+        not managed state) and left in place at the end.
+    type: path
+    version_added: 0.2.0
 attributes:
   check_mode:
     support: full
@@ -168,6 +272,21 @@ EXAMPLES = r"""
     expected_environment: production
     backup_dir: /var/backups/ringhub
   register: reset
+
+# The root ring is written in the reset transaction: the hub never serves the new schema without it.
+# The reset runs as an async task; the progress file tells how far the backup is meanwhile.
+- name: Reset the hub schema and seed the root ring, in the background
+  threadring.ringhub.pg_schema_reset:
+    database_url: "{{ ringhub_database_url }}"
+    migrations_dir: /srv/ringhub/prisma/migrations
+    expected_environment: production
+    backup_dir: /var/backups/ringhub
+    progress_file: /var/backups/ringhub/.reset-progress.json
+    root_ring:
+      owner_did: "did:web:{{ ringhub_public_host }}"
+  async: 3600
+  poll: 0
+  register: reset_job
 
 - name: Reset a staging database without a backup, discrete options
   threadring.ringhub.pg_schema_reset:
@@ -307,6 +426,35 @@ transaction_control_removed:
   returned: success
   type: dict
   sample: {20251201000000_alter_enum: [2, 9]}
+root_ring:
+  description:
+    - With O(root_ring), what was seeded in the reset transaction (in check mode what would be), in the shape
+      M(threadring.ringhub.ring_seed) returns it. C(ring) (C(id), C(slug), C(name), C(description),
+      C(visibility), C(join_policy), C(post_policy), C(owner_did), C(parent_id), C(metadata)); C(roles)
+      (each C(name), C(id), C(permissions)); C(actions) and C(queries) (the SQL without values);
+      C(extra_roles); C(other_root_rings); C(schema); C(environment) (the marker after the run); C(changed).
+    - In check mode the ids are null.
+  returned: success, when O(root_ring) is set
+  type: dict
+  sample:
+    changed: true
+    ring:
+      id: 0b8c5d0e-6f7a-4c55-9a1b-1f2e3d4c5b6a
+      slug: spool
+      name: The Spool
+      description: The root ThreadRing - the origin of all rings in this hub
+      visibility: PUBLIC
+      join_policy: OPEN
+      post_policy: OPEN
+      owner_did: did:web:hub.example.com
+      parent_id: null
+      metadata: {isRoot: true, createdBy: system, resetAt: "2026-11-28T17:30:01.123Z"}
+    roles: [{name: member, id: 6d1f..., permissions: [post_content, comment]}]
+    actions: [create ring spool, create role owner, create role moderator, create role member]
+    extra_roles: []
+    other_root_rings: []
+    schema: public
+    environment: production
 summary:
   description: One line for a playbook summary or an audit record.
   returned: success
@@ -314,7 +462,7 @@ summary:
   sample: >-
     schema public of database ringhub: dropped 13 tables (98211 rows), applied 8 migrations,
     backup /var/backups/ringhub/ringhub-public-20261128T173000Z.dump (48213 bytes, sha256 9b2f...),
-    environment production, 2.014 s
+    seeded root ring spool (roles member, moderator, owner), environment production, 2.014 s
 seconds:
   description: Wall-clock seconds per phase (connect, lock, preflight, backup, reset, count) and total.
   returned: success
@@ -342,9 +490,11 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations 
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
     NOTHING_CHANGED,
+    Progress,
     ResetOptions,
     SchemaReset,
 )
+from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import RootRing, seed_argument_spec
 
 
 def main() -> None:
@@ -362,6 +512,8 @@ def main() -> None:
         allow_outside_drops=dict(type="bool", default=False),
         migrations_role=dict(type="str"),
         strip_transaction_control=dict(type="bool", default=False),
+        root_ring=dict(type="dict", options=seed_argument_spec()),
+        progress_file=dict(type="path"),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -376,9 +528,12 @@ def main() -> None:
     spec = None
     reset = None
     timer = PhaseTimer()
+    progress = Progress(params["progress_file"], check_mode=module.check_mode)
     try:
+        progress.start()
         spec = spec_from_params(params)
         module.no_log_values.update(spec.secrets)
+        progress.redact = spec.redact
         with timer.phase("validate"):
             if params["migrations_dir"]:
                 migrations = load_migrations_dir(params["migrations_dir"])
@@ -399,22 +554,30 @@ def main() -> None:
             lock_timeout=params["lock_timeout"],
             allow_outside_drops=params["allow_outside_drops"],
             migrations_role=params["migrations_role"],
+            root_ring=RootRing.from_params(params["root_ring"]) if params["root_ring"] is not None else None,
             check_mode=module.check_mode,
         )
-        reset = SchemaReset(spec, options, migrations, timer)
+        reset = SchemaReset(spec, options, migrations, timer, progress)
         result = reset.run()
     except RingHubError as exc:
         msg = spec.redact(exc.msg) if spec else exc.msg
         # Every failure before COMMIT leaves the database as it was; say so once, here.
         if not (reset is not None and reset.committing) and NOTHING_CHANGED not in msg:
             msg = f"{msg}; {NOTHING_CHANGED}"
+        progress.fail(msg)
         details = dict(exc.details)
         if spec is not None:
             details.setdefault("connection", spec.describe())
         module.fail_json(msg=msg, exception=traceback.format_exc(), seconds=dict(timer.seconds), **details)
+    except Exception as exc:
+        progress.fail(f"unexpected error: {spec.redact(str(exc)) if spec else type(exc).__name__}")
+        raise
     result["transaction_control_removed"] = stripped
     if stripped:
         module.warn(f"transaction brackets were removed from migrations (name: lines): {stripped}")
+    progress.done(result["summary"])
+    if progress.warning:
+        result["warnings_list"].append(progress.warning)
     for warning in result.pop("warnings_list"):
         module.warn(warning)
     module.exit_json(**result)

@@ -185,7 +185,7 @@ connection:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
@@ -196,29 +196,17 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     spec_from_params,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
-    DEFAULT_ROLES,
-    ROOT_RING_DESCRIPTION,
-    ROOT_RING_NAME,
     RingSeeder,
     RootRing,
+    seed_argument_spec,
 )
 
 
 def main() -> None:
     argument_spec = pg_argument_spec()
-    argument_spec.update(
-        owner_did=dict(type="str", required=True, fallback=(env_fallback, ["INSTANCE_DID"])),
-        slug=dict(type="str", default="spool", fallback=(env_fallback, ["ROOT_RING_SLUG"])),
-        name=dict(type="str", default=ROOT_RING_NAME),
-        description=dict(type="str", default=ROOT_RING_DESCRIPTION),
-        visibility=dict(type="str", default="PUBLIC", choices=["PUBLIC", "UNLISTED", "PRIVATE"]),
-        join_policy=dict(type="str", default="OPEN", choices=["OPEN", "APPLICATION", "INVITATION", "CLOSED"]),
-        post_policy=dict(type="str", default="OPEN", choices=["OPEN", "MEMBERS", "CURATED", "CLOSED"]),
-        created_by=dict(type="str", default="system"),
-        roles=dict(type="dict", default=DEFAULT_ROLES),
-        reset_at=dict(type="str"),
-        expected_environment=dict(type="str"),
-    )
+    # The same options as pg_schema_reset's root_ring suboptions.
+    argument_spec.update(seed_argument_spec())
+    argument_spec.update(expected_environment=dict(type="str"))
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=pg_mutually_exclusive(),
@@ -231,18 +219,7 @@ def main() -> None:
     try:
         spec = spec_from_params(params)
         module.no_log_values.update(spec.secrets)
-        desired = RootRing(
-            owner_did=params["owner_did"],
-            slug=params["slug"],
-            name=params["name"],
-            description=params["description"],
-            visibility=params["visibility"],
-            join_policy=params["join_policy"],
-            post_policy=params["post_policy"],
-            created_by=params["created_by"],
-            roles=params["roles"],
-            reset_at=params["reset_at"],
-        )
+        desired = RootRing.from_params(params)
         result = RingSeeder(
             spec, desired, check_mode=module.check_mode, expected_environment=params["expected_environment"]
         ).run()

@@ -875,3 +875,148 @@ def test_results_feed_a_summary_and_an_audit_line_without_the_password(
             assert password not in text and encoded not in text and url not in text
     finally:
         pg_server.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+# -- progress_file ------------------------------------------------------------------------------------
+
+ISO_MS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+PROGRESS_KEYS = {
+    "phase", "started", "updated", "elapsed", "phase_elapsed", "check_mode", "database", "schema", "database_size",
+    "backup_path", "backup_bytes", "rate_bytes_per_s", "failed_phase", "error", "summary",
+}  # fmt: skip
+
+
+def lingering_tools(pg_server, directory: Path) -> tuple[Path, dict[str, Path]]:
+    """pg_dump and pg_restore that run the real ones, then wait before they exit.
+
+    pg_dump: ``dumped`` appears when its dump is done, it exits once ``go`` exists;
+    ``pg_restore --list``: ``listed`` appears, it exits once ``go_list`` exists.
+    """
+    directory.mkdir()
+    files = {name: directory / name for name in ("dumped", "go", "listed", "go_list")}
+    for tool, done, go, when in (("pg_dump", "dumped", "go", '[ "$1" != "--version" ]'),
+                                 ("pg_restore", "listed", "go_list", '[ "$1" = "--list" ]')):  # fmt: skip
+        wrapper = directory / tool
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"'{pg_server.tool(tool)}' \"$@\"\n"
+            "rc=$?\n"
+            f"if {when}; then\n"
+            f"  touch '{files[done]}'\n"
+            f"  while [ ! -e '{files[go]}' ]; do sleep 0.05; done\n"
+            "fi\n"
+            "exit $rc\n"
+        )
+        wrapper.chmod(0o755)
+    return directory / "pg_dump", files
+
+
+def read_progress(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_progress_file_follows_the_backup_while_pg_dump_runs_and_ends_done(
+    pg_server, pg_db, fixture_migrations, tmp_path
+) -> None:
+    before = seeded(pg_db, fixture_migrations, rings=20)
+    wrapper, gates = lingering_tools(pg_server, tmp_path / "bin")
+    backups, reports = tmp_path / "backups", tmp_path / "reports"
+    backups.mkdir()
+    reports.mkdir()
+    progress = reports / "reset.json"
+    args = args_for(pg_db, fixture_migrations, backups, pg_dump_path=str(wrapper), progress_file=str(progress))
+    box: dict = {}
+    runner = threading.Thread(target=lambda: box.setdefault("res", run_module("pg_schema_reset", args, verbosity=3)))
+    runner.start()
+    try:
+        wait_for(gates["dumped"].exists, "pg_dump to finish its dump")
+        [backup_file] = backups.glob("*.dump")
+        seen = read_progress(progress)
+        assert set(seen) == PROGRESS_KEYS
+        assert seen["phase"] == "backup" and seen["backup_path"] == str(backup_file)
+        assert seen["database"] == pg_db.name and seen["schema"] == "public" and seen["check_mode"] is False
+        assert isinstance(seen["database_size"], int) and seen["database_size"] > 0
+        assert ISO_MS_RE.match(seen["started"]) and ISO_MS_RE.match(seen["updated"])
+        # pg_dump is still running (its wrapper waits): the file keeps being rewritten with its size.
+        wait_for(lambda: read_progress(progress)["phase_elapsed"] >= seen["phase_elapsed"] + 1.0, "a later report")
+        later = read_progress(progress)
+        assert later["phase"] == "backup" and later["started"] == seen["started"]
+        assert later["updated"] > seen["updated"] and later["elapsed"] > seen["elapsed"]
+        assert later["backup_bytes"] == backup_file.stat().st_size > 0
+        assert later["rate_bytes_per_s"] > 0
+        assert stat.S_IMODE(progress.stat().st_mode) == 0o600
+        # pg_dump exited: the backup is being read back.
+        gates["go"].touch()
+        wait_for(gates["listed"].exists, "pg_restore --list to read the backup")
+        listing = read_progress(progress)
+        assert listing["phase"] == "verify_backup" and listing["backup_bytes"] == backup_file.stat().st_size
+    finally:
+        gates["go"].touch()
+        gates["go_list"].touch()
+        runner.join(300)
+    res = box["res"]
+    assert not res.failed, res.msg
+    final = read_progress(progress)
+    assert final["phase"] == "done" and final["summary"] == res.result["summary"]
+    assert final["backup_bytes"] == res.result["backup"]["size"] == Path(res.result["backup"]["path"]).stat().st_size
+    assert final["error"] is None and final["failed_phase"] is None
+    assert final["elapsed"] >= later["elapsed"] and final["started"] == seen["started"]
+    assert stat.S_IMODE(progress.stat().st_mode) == 0o600
+    assert [p.name for p in reports.iterdir()] == ["reset.json"]  # no temp file left behind
+    assert {t["name"]: t["rows"] for t in res.result["dropped"]["tables"]} == before
+    assert pg_server.password not in progress.read_text()
+    assert_no_secret(res, pg_server.password)
+
+
+def test_progress_file_says_failed_with_the_masked_error(pg_server, pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
+    progress = tmp_path / "progress.json"
+
+    wrong = "Wr0ng-" + secrets.token_hex(8)
+    args = args_for(pg_db, migrations, progress_file=str(progress))
+    args["database_url"] = pg_db.url(password=wrong, user="postgres")
+    res = run_module("pg_schema_reset", args)
+    assert res.failed
+    report = read_progress(progress)
+    assert report["phase"] == "failed" and report["failed_phase"] == "connect"
+    assert report["error"] == res.msg and "password authentication failed" in report["error"]
+    assert wrong not in progress.read_text() and pg_server.password not in progress.read_text()
+    assert stat.S_IMODE(progress.stat().st_mode) == 0o600
+
+    broken = last_migration(migrations)
+    broken.write_text(broken.read_text() + "\nSELECT no_such_function();\n")
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, progress_file=str(progress)))
+    assert res.failed and "no_such_function" in res.msg
+    report = read_progress(progress)
+    assert report["phase"] == "failed" and report["failed_phase"] == "reset" and report["error"] == res.msg
+    assert report["error"].endswith("nothing was changed") and report["database_size"] > 0
+    assert pg_server.password not in progress.read_text()
+    assert_untouched(pg_db, before)
+
+
+def test_progress_file_that_cannot_be_written_fails_before_anything(pg_db, fixture_migrations, tmp_path) -> None:
+    seeded(pg_db, fixture_migrations)
+    before = snapshot(pg_db)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    missing = tmp_path / "no-such-dir" / "progress.json"
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, backups, progress_file=str(missing)))
+    assert res.failed
+    assert f"progress_file {missing}: cannot write it" in res.msg and "nothing was changed" in res.msg
+    assert "connect" not in res.result["seconds"]
+    assert list(backups.iterdir()) == [] and not missing.parent.exists()
+    assert_untouched(pg_db, before)
+
+
+def test_check_mode_writes_the_preflight_progress(pg_db, fixture_migrations, tmp_path) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    progress = tmp_path / "progress.json"
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations, progress_file=str(progress)), check=True)
+    assert not res.failed, res.msg
+    report = read_progress(progress)
+    assert report["phase"] == "done" and report["check_mode"] is True and report["summary"] == res.result["summary"]
+    assert report["backup_path"] is None and report["backup_bytes"] == 0
+    assert report["database_size"] == res.result["database_size"]
+    assert pg_db.row_counts() == before
