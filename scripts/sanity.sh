@@ -12,7 +12,7 @@ dest="$work/ansible_collections/threadring/ringhub"
 mkdir -p "$dest"
 # Only what the collection is made of: tracked and new, not ignored files.
 (cd "$here" && git ls-files -z --cached --others --exclude-standard) \
-  | (cd "$here" && xargs -0 -I{} sh -c 'test -e "{}" && echo "{}"') \
+  | (cd "$here" && xargs -0 -I{} sh -c 'if test -e "{}"; then echo "{}"; fi') \
   | (cd "$here" && tar -cf - -T -) | (cd "$dest" && tar -xf -)
 # ansible-test bootstraps pip into its sanity venvs with a script it downloads
 # from a host outside the package registries; provide an equivalent one.
