@@ -82,9 +82,13 @@ build: venv
 	@mkdir -p build
 	$(BIN)/ansible-galaxy collection build --force --output-path build .
 
+# make demo                    the reset of a local deployment; you type the confirmations (docs/demo.md)
+# make demo DEMO_CONFIRM=yes     the same for scripts: the phrases are passed as extra vars
+# make demo DEMO_ARGS='--keep /tmp/rh'   any scripts/demo.py options (--keep DIR, --hubs N)
+DEMO_CONFIRM ?=
+DEMO_ARGS ?=
 demo: setup
-	@echo "make demo: the reset playbook against a local sandbox hub is not part of this release yet."
-	@echo "Until then: ansible-playbook playbooks/audit.yml -l localhost -e ringhub_audit_log=/tmp/ringhub-demo.jsonl"
+	$(BIN)/python scripts/demo.py $(if $(filter yes,$(DEMO_CONFIRM)),--non-interactive) $(DEMO_ARGS)
 
 bench: venv link
 	@for script in bench/*.py; do echo "=== $$script ==="; $(BIN)/python $$script; done

@@ -12,15 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 from sandbox_hub.config import (
     ConfigError,
+    database_spec,
     decode_private_key,
     load_env,
     parse_env_text,
-    parse_prisma_url,
     settings_from_env,
 )
 from sandbox_hub.instance import env_line, key_env_value
 
-from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519
+from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519, _envfile
 
 BASE = {"DATABASE_URL": "postgresql://u:p@127.0.0.1:5999/hub", "REDIS_URL": "redis://127.0.0.1:6999/0"}
 
@@ -32,29 +32,45 @@ export NODE_ENV=production
 PORT=3999   # inline comment
 RING_HUB_URL="https://hub.example.org"
 SINGLE='literal ${PORT} and # hash'
-DOUBLE="line1\\nline2 ${PORT}"
-DEFAULTED=${MISSING:-fallback}
-FROM_ENV=$OUTER
+DOUBLE="line1\\nline2"
+LITERAL=${NOT_INTERPOLATED}
 MULTI="a
 b"
 EMPTY=
 """
-    values = parse_env_text(text, environ={"OUTER": "outside"})
+    values = parse_env_text(text)
     assert values["NODE_ENV"] == "production"
     assert values["PORT"] == "3999"
     assert values["RING_HUB_URL"] == "https://hub.example.org"
     assert values["SINGLE"] == "literal ${PORT} and # hash"
-    assert values["DOUBLE"] == "line1\nline2 3999"
-    assert values["DEFAULTED"] == "fallback"
-    assert values["FROM_ENV"] == "outside"
+    assert values["DOUBLE"] == "line1\nline2"
+    assert values["LITERAL"] == "${NOT_INTERPOLATED}"  # literal, as the collection reads .env
     assert values["MULTI"] == "a\nb"
     assert values["EMPTY"] == ""
 
 
-@pytest.mark.parametrize("text", ["NOT A LINE", 'KEY="unterminated', "REQ=${NEED:?must be set}"])
-def test_env_text_errors(text: str) -> None:
-    with pytest.raises(ConfigError):
-        parse_env_text(text, environ={})
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("NOT A LINE", "line 1: not a KEY=value line"),
+        ('A=1\nKEY="unterminated\nB=2', 'line 2: unterminated " quote'),
+        ("A='open", "line 1: unterminated ' quote"),
+    ],
+)
+def test_env_text_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_env_text(text)
+
+
+def test_env_text_is_the_collections_parser() -> None:
+    """The sandbox has no .env parser of its own: it reads what _envfile.parse_entries reads."""
+    from sandbox_hub import config
+
+    text = 'A=1\nexport B=\'x # y\'\nC="q\\"r"  # c\nA=2\n'
+    theirs = {e["name"]: e["value"] for e in _envfile.parse_entries(text)}
+    assert parse_env_text(text) == theirs == {"A": "2", "B": "x # y", "C": 'q"r'}
+    assert not any(hasattr(config, name) for name in ("_LINE_RE", "_VAR_RE", "_expand", "parse_prisma_url"))
+    assert not hasattr(config, "issuer_did")
 
 
 def test_env_file_wins_over_environment_and_ignores_other_names(tmp_path: pytest.TempPathFactory) -> None:
@@ -76,21 +92,49 @@ def test_env_file_wins_over_environment_and_ignores_other_names(tmp_path: pytest
         ),
         (
             "postgres://u@localhost/hub?host=%2Fvar%2Frun%2Fpostgresql&sslmode=disable&socket_timeout=3",
-            {"host": "/var/run/postgresql", "user": "u", "dbname": "hub", "sslmode": "disable"},
+            {"host": "/var/run/postgresql", "port": 5432, "user": "u", "dbname": "hub", "sslmode": "disable"},
             "public",
         ),
     ],
 )
 def test_prisma_url(url: str, kwargs: dict, schema: str) -> None:
-    parsed, parsed_schema = parse_prisma_url(url)
-    parsed.pop("connect_timeout")
-    assert parsed == kwargs
-    assert parsed_schema == schema
+    spec = database_spec(url)
+    assert spec.libpq_kwargs() == kwargs
+    assert spec.schema == schema
+    assert "connection_limit" in spec.dropped_params or "socket_timeout" in spec.dropped_params
 
 
 def test_prisma_url_refuses_other_schemes() -> None:
-    with pytest.raises(ConfigError):
-        parse_prisma_url("mysql://u:p@h/db")
+    with pytest.raises(ConfigError, match="postgresql://"):
+        database_spec("mysql://u:p@h/db")
+
+
+# Passwords a user might paste into DATABASE_URL without percent-encoding them.
+UNENCODED_PASSWORDS = ["se:cr3t/pa?ss#wd", "p@ss:w0rd@x", "abc/def", "se#cret:99", "sec?ret=1&x"]
+
+
+def _fragments(password: str) -> set[str]:
+    """Every piece of ``password`` between URL delimiters, 3+ characters long, plus the whole."""
+    import re
+
+    pieces = {p for p in re.split(r"[:/?#@&=]", password) if len(p) >= 3}
+    return pieces | {password}
+
+
+@pytest.mark.parametrize("password", UNENCODED_PASSWORDS)
+def test_url_errors_quote_no_fragment_of_the_password(password: str) -> None:
+    url = f"postgresql://ringhub:{password}@127.0.0.1:5999/ringhub?schema=public"
+    messages = []
+    for candidate in (url, url.replace("5999", "59x9"), url.replace("postgresql", "mysql")):
+        try:
+            database_spec(candidate)
+            settings_from_env({**BASE, "DATABASE_URL": candidate})
+        except ConfigError as exc:
+            messages.append(str(exc))
+    assert messages, "an unencoded password must be refused"
+    for message in messages:
+        for fragment in _fragments(password):
+            assert fragment not in message, (fragment, message)
 
 
 def test_private_key_is_base64_of_pem_as_the_hub_decodes_it() -> None:
@@ -145,18 +189,16 @@ def test_settings_defaults_and_validation() -> None:
 )
 def test_env_line_round_trips(value: str, line: str) -> None:
     assert env_line("K", value) == line
-    assert parse_env_text(line, environ={})["K"] == value
+    assert parse_env_text(line)["K"] == value
 
 
 def test_env_parsing_agrees_with_the_collections_env_file_code() -> None:
     """What the collection writes into .env, the sandbox reads back the same way."""
-    from ansible_collections.threadring.ringhub.plugins.module_utils import _envfile
-
     key_value = key_env_value(Ed25519PrivateKey.generate())
     text = _envfile.set_var(
         "# hub\nNODE_ENV=production  # prod\nQ='a # b'\nD=\"x\\ny\"\n", "RING_HUB_PRIVATE_KEY", key_value
     )
-    ours = parse_env_text(text, environ={})
+    ours = parse_env_text(text)
     theirs = {e["name"]: e["value"] for e in _envfile.parse_entries(text)}
     assert ours == theirs
     assert decode_private_key(ours["RING_HUB_PRIVATE_KEY"]) is not None

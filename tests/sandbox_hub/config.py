@@ -8,6 +8,11 @@ Variables: ``DATABASE_URL`` (Prisma form), ``REDIS_URL``, ``RING_HUB_URL``,
 
 They come from a compose-style ``.env`` file and/or the process environment: when a
 file is given its values win, variables it does not set come from the environment.
+
+The parsers are the collection's own, so the sandbox reads a deployment exactly as
+the collection does: ``.env`` lines by ``_envfile.parse_entries`` (what did_keys reads
+and writes), the Prisma URL by ``_pg.parse_database_url``; the issuer DID is
+``_did.instance_did``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519
+from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519, _envfile
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg import ConnSpec, parse_database_url
 
 HUB_VARIABLES = (
     "DATABASE_URL",
@@ -42,135 +47,54 @@ HUB_VARIABLES = (
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 BIND_ADDRESS = "127.0.0.1"
 
-# libpq accepts these from a Prisma URL's query string; every other Prisma
-# parameter (schema=, connection_limit=, pool_timeout=, pgbouncer=...) is Prisma's own.
-_LIBPQ_PARAMS = {
-    "sslmode",
-    "sslcert",
-    "sslkey",
-    "sslrootcert",
-    "sslpassword",
-    "connect_timeout",
-    "application_name",
-    "target_session_attrs",
-    "options",
-}
-
 
 class ConfigError(ValueError):
     """The configuration cannot run a sandbox hub (message is free of secrets)."""
 
 
 # -- compose-style .env files ---------------------------------------------------------
-
-_LINE_RE = re.compile(r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(?P<rest>.*)$", re.S)
-_VAR_RE = re.compile(
-    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "$": "$"}
+# Values are literal, as the collection reads them (no ``${VAR}`` interpolation). The
+# sandbox adds the strictness a server start needs: a line that is not an assignment,
+# or a quote that never closes, is an error instead of being skipped or swallowed.
 
 
-def _substitute(match: re.Match[str], scope: Mapping[str, str]) -> str:
-    name = match.group("braced") or match.group("bare")
-    op = match.group("op") or ""
-    arg = match.group("arg") or ""
-    current = scope.get(name)
-    if op == ":-":
-        return current if current else arg
-    if op == "-":
-        return current if current is not None else arg
-    if op == ":+":
-        return arg if current else ""
-    if op == "+":
-        return arg if current is not None else ""
-    if op in (":?", "?"):
-        if current is None or (op == ":?" and not current):
-            raise ConfigError(f"required variable {name} is not set: {arg}")
-        return current
-    return current or ""
-
-
-def _expand(raw: str, scope: Mapping[str, str], escapes: bool) -> str:
-    """Interpolate ``$VAR`` / ``${VAR...}``; with ``escapes`` also process backslash escapes
-    (``\\$`` is a literal dollar), in one pass so substituted values are left as they are."""
-    out: list[str] = []
+def _quote_closes(rest: str) -> bool:
+    """True when the quoted value that ``rest`` starts with has its closing quote."""
+    quote, body = rest[0], rest[1:]
     j = 0
-    while j < len(raw):
-        char = raw[j]
-        if escapes and char == "\\" and j + 1 < len(raw) and raw[j + 1] in _ESCAPES:
-            out.append(_ESCAPES[raw[j + 1]])
+    while j < len(body):
+        if quote == '"' and body[j] == "\\":
             j += 2
             continue
-        if char == "$":
-            match = _VAR_RE.match(raw, j)
-            if match:
-                out.append(_substitute(match, scope))
-                j = match.end()
-                continue
-        out.append(char)
+        if body[j] == quote:
+            return True
         j += 1
-    return "".join(out)
+    return False
 
 
-def parse_env_text(text: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Parse a compose-style ``.env`` text into a dict.
+def parse_env_text(text: str) -> dict[str, str]:
+    """Parse a compose-style ``.env`` text into a dict (the last assignment of a name wins).
 
     ``KEY=value`` lines (an ``export`` prefix is allowed), ``#`` comments, blank
     lines; unquoted values lose a trailing `` # comment`` and surrounding spaces;
     ``'single'`` quotes are literal; ``"double"`` quotes process ``\\n \\t \\\\ \\"``
-    escapes; both quoted forms may span lines. ``${VAR}``, ``${VAR:-default}`` and
-    ``$VAR`` are interpolated (not in single quotes) from earlier keys, then ``environ``.
+    escapes; both quoted forms may span lines.
     """
-    environ = os.environ if environ is None else environ
+    lines = text.splitlines(True)
+    covered: set[int] = set()
     result: dict[str, str] = {}
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
+    for entry in _envfile.parse_entries(text):
+        covered.update(range(entry["first"], entry["last"] + 1))
+        if entry["quoted"]:
+            block = "".join(lines[entry["first"] : entry["last"] + 1])
+            if not _quote_closes(block.split("=", 1)[1].lstrip(" \t")):
+                raise ConfigError(f"line {entry['first'] + 1}: unterminated {entry['quoted']} quote")
+        result[entry["name"]] = entry["value"]
+    for index, line in enumerate(lines):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _LINE_RE.match(line)
-        if not match:
-            raise ConfigError(f"line {i}: not a KEY=value line")
-        key, rest = match.group("key"), match.group("rest").lstrip()
-        scope = {**environ, **result}
-        if rest[:1] in ("'", '"'):
-            quote = rest[0]
-            body = rest[1:]
-            start_line = i
-            while True:
-                end = _closing_quote(body, quote)
-                if end >= 0:
-                    break
-                if i >= len(lines):
-                    raise ConfigError(f"line {start_line}: unterminated {quote} quote")
-                body += "\n" + lines[i]
-                i += 1
-            raw = body[:end]
-            if quote == "'":
-                value = raw
-            else:
-                value = _expand(raw, scope, escapes=True)
-        else:
-            value = re.split(r"\s+#", rest, maxsplit=1)[0].strip()
-            value = _expand(value, scope, escapes=False)
-        result[key] = value
+        if index not in covered and stripped and not stripped.startswith("#"):
+            raise ConfigError(f"line {index + 1}: not a KEY=value line")
     return result
-
-
-def _closing_quote(body: str, quote: str) -> int:
-    j = 0
-    while j < len(body):
-        char = body[j]
-        if quote == '"' and char == "\\":
-            j += 2
-            continue
-        if char == quote:
-            return j
-        j += 1
-    return -1
 
 
 def load_env(env_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -183,7 +107,7 @@ def load_env(env_file: str | Path | None = None, environ: Mapping[str, str] | No
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read env file {path}: {exc.strerror}") from None
-        parsed = parse_env_text(text, environ)
+        parsed = parse_env_text(text)
         values.update({k: v for k, v in parsed.items() if k in HUB_VARIABLES})
     return values
 
@@ -191,41 +115,14 @@ def load_env(env_file: str | Path | None = None, environ: Mapping[str, str] | No
 # -- Prisma DATABASE_URL ----------------------------------------------------------------
 
 
-def parse_prisma_url(url: str) -> tuple[dict[str, Any], str]:
-    """Return ``(psycopg2 connect kwargs, schema)`` for a Prisma PostgreSQL URL.
-
-    ``schema=`` names the Postgres schema (default ``public``); ``host=`` in the query
-    is a Unix socket directory; Prisma-only parameters are dropped.
-    """
+def database_spec(url: str) -> ConnSpec:
+    """The connection of a Prisma ``DATABASE_URL``, parsed by the collection's
+    ``parse_database_url``: ``schema=`` kept, Prisma-only parameters dropped, a socket
+    directory in ``host=``. Its errors never quote the password."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"DATABASE_URL does not parse: {exc}") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError("DATABASE_URL must start with postgresql:// or postgres://")
-    kwargs: dict[str, Any] = {}
-    if parts.hostname:
-        kwargs["host"] = unquote(parts.hostname)
-    if port:
-        kwargs["port"] = port
-    if parts.username:
-        kwargs["user"] = unquote(parts.username)
-    if parts.password is not None:
-        kwargs["password"] = unquote(parts.password)
-    dbname = unquote(parts.path.lstrip("/"))
-    if dbname:
-        kwargs["dbname"] = dbname
-    schema = "public"
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "schema":
-            schema = value or "public"
-        elif key == "host":
-            kwargs["host"] = value
-        elif key in _LIBPQ_PARAMS:
-            kwargs[key] = value
-    kwargs.setdefault("connect_timeout", "5")
-    return kwargs, schema
+        return parse_database_url(url)
+    except RingHubError as exc:
+        raise ConfigError(f"DATABASE_URL refused: {exc.msg}") from None
 
 
 # -- the badge signing key ----------------------------------------------------------------
@@ -300,7 +197,7 @@ def settings_from_env(values: Mapping[str, str]) -> Settings:
     database_url = values.get("DATABASE_URL", "")
     if not database_url:
         raise ConfigError("DATABASE_URL is not set")
-    parse_prisma_url(database_url)
+    database_spec(database_url)
     redis_url = values.get("REDIS_URL", "") or "redis://localhost:6379"
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
@@ -325,11 +222,3 @@ def settings_from_env(values: Mapping[str, str]) -> Settings:
         http_timeout=timeout,
         private_key_value=values.get("RING_HUB_PRIVATE_KEY") or None,
     )
-
-
-def issuer_did(ring_hub_url: str) -> str:
-    """``did:web:<hostname of RING_HUB_URL>`` (hostname only, no port), as the hub issues."""
-    hostname = urlsplit(ring_hub_url).hostname
-    if not hostname:
-        raise ConfigError("RING_HUB_URL has no hostname")
-    return f"did:web:{hostname}"

@@ -4,6 +4,7 @@
     python tests/sandbox_hub/ctl.py status  --pid-file hub.pid
     python tests/sandbox_hub/ctl.py restart --env-file .env --web-root web/ --pid-file hub.pid --log-file hub.log
     python tests/sandbox_hub/ctl.py stop    --pid-file hub.pid
+    python tests/sandbox_hub/ctl.py start   --env-file .env --port 3101 --pid-file hub2.pid ...   (a second hub)
 
 ``start`` spawns ``python -m sandbox_hub.server`` in its own session (stdout and
 stderr appended to the log file), writes the pid file, then polls ``GET /health``
@@ -41,6 +42,7 @@ if str(TESTS_DIR) not in sys.path:  # run as a script: make sandbox_hub and harn
 from sandbox_hub.config import (
     HUB_VARIABLES,
     ConfigError,
+    Settings,
     load_env,
     settings_from_env,
 )
@@ -137,6 +139,13 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _settings(env_file: str | Path | None, environ: Mapping[str, str], port: int | None) -> Settings:
+    values = load_env(env_file, environ)
+    if port is not None:
+        values["PORT"] = str(port)
+    return settings_from_env(values)
+
+
 def _log_tail(log_file: str | Path, size: int = 3000) -> str:
     try:
         return Path(log_file).read_text(errors="replace")[-size:]
@@ -154,9 +163,11 @@ def start(
     environ: Mapping[str, str] | None = None,
     inherit: bool = True,
     die_with_parent: bool = False,
+    port: int | None = None,
 ) -> int:
     """Start the sandbox hub in the background and wait until ``/health`` answers; return its pid.
 
+    ``port`` overrides ``PORT`` of the env file (several hubs can share one env file).
     ``die_with_parent`` (for test fixtures) has Linux SIGTERM the hub when the calling process dies.
     """
     pid_file, log_file = Path(pid_file), Path(log_file)
@@ -165,7 +176,7 @@ def start(
         raise CtlError(f"sandbox hub already running (pid {existing}, pid file {pid_file}); use restart")
     env = child_environment(environ, inherit)
     try:
-        settings = settings_from_env(load_env(env_file, env))
+        settings = _settings(env_file, env, port)
     except ConfigError as exc:
         raise CtlError(f"configuration refused: {exc}") from None
     if _port_in_use(settings.port):
@@ -175,6 +186,8 @@ def start(
         cmd += ["--env-file", str(Path(env_file).resolve())]
     if web_root is not None:
         cmd += ["--web-root", str(Path(web_root).resolve())]
+    if port is not None:
+        cmd += ["--port", str(port)]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
@@ -242,13 +255,15 @@ def restart(
     return start(env_file, web_root, pid_file, log_file, **kwargs)  # type: ignore[arg-type]
 
 
-def status(pid_file: str | Path, env_file: str | Path | None = None, inherit: bool = True) -> tuple[int, str]:
+def status(
+    pid_file: str | Path, env_file: str | Path | None = None, inherit: bool = True, port: int | None = None
+) -> tuple[int, str]:
     """``(exit code, message)``: 0 running and healthy, 1 running but unhealthy, 3 stopped."""
     pid = running_pid(pid_file)
     if pid is None:
         return EXIT_STOPPED, "sandbox hub is stopped"
     try:
-        settings = settings_from_env(load_env(env_file, child_environment(inherit=inherit)))
+        settings = _settings(env_file, child_environment(inherit=inherit), port)
     except ConfigError as exc:
         return 1, f"sandbox hub running (pid {pid}) but its configuration does not parse: {exc}"
     if health(settings.local_url):
@@ -267,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-file", help="server output (default: <pid file>.log)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for /health or for the stop")
     parser.add_argument("--no-inherit", action="store_true", help="take hub variables from the env file only")
+    parser.add_argument("--port", type=int, help="listen port, overriding PORT of the env file")
     args = parser.parse_args(argv)
     log_file = args.log_file or f"{args.pid_file}.log"
     try:
@@ -279,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 log_file,
                 timeout=args.timeout,
                 inherit=not args.no_inherit,
+                port=args.port,
             )
             print(f"sandbox hub started (pid {pid}); log {log_file}")
             return 0
         if args.action == "stop":
             print("sandbox hub stopped" if stop(args.pid_file, timeout=args.timeout) else "sandbox hub was not running")
             return 0
-        code, message = status(args.pid_file, args.env_file, inherit=not args.no_inherit)
+        code, message = status(args.pid_file, args.env_file, inherit=not args.no_inherit, port=args.port)
         print(message)
         return code
     except CtlError as exc:

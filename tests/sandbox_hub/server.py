@@ -51,9 +51,16 @@ import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _did, _ed25519, _httpsig, _jws
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError, mask_url
-from sandbox_hub.config import ConfigError, Settings, decode_private_key, load_env, settings_from_env
-from sandbox_hub.store import Cache, Database, iso, utcnow
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from sandbox_hub.config import (
+    ConfigError,
+    Settings,
+    database_spec,
+    decode_private_key,
+    load_env,
+    settings_from_env,
+)
+from sandbox_hub.store import Cache, ConnectionLost, Database, iso, utcnow
 
 LOG = logging.getLogger("sandbox_hub")
 NANOID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
@@ -63,6 +70,7 @@ CREDENTIAL_CONTEXT = [
     "https://threadring.org/contexts/v1",
 ]
 MAX_BODY = 1024 * 1024
+JSON_TYPE = "application/json; charset=utf-8"
 KEY_CACHE_SECONDS = 3600
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~%-]+$")
@@ -335,12 +343,14 @@ class Hub:
         try:
             self.db.ping()
             checks["database"] = "ok"
-        except psycopg2.Error:
+        except psycopg2.Error as exc:
+            LOG.warning("readiness: database check failed: %s", _db_reason(exc))
             checks["database"] = "error"
         try:
             self.cache.ping()
             checks["redis"] = "ok"
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as exc:
+            LOG.warning("readiness: redis check failed: %s", type(exc).__name__)
             checks["redis"] = "error"
         if all(v == "ok" for v in checks.values()):
             return 200, {"status": "ready", "checks": checks}
@@ -572,16 +582,40 @@ class Hub:
         except SignedRequestError as exc:
             LOG.warning("%s %s refused: %s", method, target, exc.response[1].get("message"))
             return exc.response
+        except ConnectionLost:
+            raise  # route() runs the request again when it wrote nothing
         except psycopg2.Error as exc:
             LOG.error("%s failed: %s", action, type(exc).__name__)
             return err(500, "Internal error", f"Failed to process {action} request")
 
     def route(self, method: str, raw_target: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, str]:
-        """Return ``(status, payload, content type)``; payload is JSON-able or bytes."""
+        """Return ``(status, payload, content type)``; payload is JSON-able or bytes.
+
+        A request whose database connection died under it (``ConnectionLost``: a reset's
+        ``pg_terminate_backend``, a PostgreSQL restart) runs once more on a new connection,
+        when it has written nothing yet; otherwise, or when it fails again, it answers 500.
+        """
+        path = raw_target.partition("?")[0]
+        for attempt in (1, 2):
+            self.db.begin_request()
+            try:
+                return self._route(method, raw_target, headers, body)
+            except ConnectionLost as exc:
+                writes = self.db.writes_in_request
+                if attempt == 1 and writes == 0:
+                    LOG.warning("%s %s: %s before anything was written; running it again", method, path, exc)
+                    continue
+                LOG.error(
+                    "%s %s: %s%s", method, path, exc, f" after {writes} write(s); not run again" if writes else ""
+                )
+                return 500, {"error": "Internal error", "message": "Database connection lost"}, JSON_TYPE
+        raise AssertionError("unreachable")
+
+    def _route(self, method: str, raw_target: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, str]:
         path, _sep, query_string = raw_target.partition("?")
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         segs = path.split("/")[1:]
-        json_type = "application/json; charset=utf-8"
+        json_type = JSON_TYPE
         try:
             if method in ("GET", "HEAD"):
                 if path == "/health":
@@ -613,6 +647,8 @@ class Hub:
                     return (*self.signed_json(method, raw_target, headers, body, self.leave, "leave"), json_type)
                 if len(segs) == 4 and segs[:2] == ["trp", "badges"] and segs[3] == "verify" and segs[2]:
                     return (*self.verify_badge(unquote(segs[2])), json_type)
+        except ConnectionLost:
+            raise
         except psycopg2.Error as exc:
             LOG.error("%s %s: database error %s", method, path, type(exc).__name__)
             return (*err(500, "Internal error", "Database error"), json_type)
@@ -625,6 +661,12 @@ class Hub:
     def close(self) -> None:
         self.db.close()
         self.cache.close()
+
+
+def _db_reason(exc: BaseException) -> str:
+    """Class and SQLSTATE of a database error, for the log (never a statement, value or password)."""
+    code = getattr(exc, "pgcode", None)
+    return type(exc).__name__ + (f" (SQLSTATE {code})" if code else "")
 
 
 def _defined(**fields: Any) -> dict[str, Any]:
@@ -703,6 +745,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--env-file", help="compose-style .env file (its values win over the environment)")
     parser.add_argument("--web-root", help="directory served at /.well-known/did.json and /users/<hash>/did.json")
+    parser.add_argument("--port", type=int, help="listen port; overrides PORT (several hubs can share one env file)")
     return parser
 
 
@@ -710,7 +753,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        settings = settings_from_env(load_env(args.env_file))
+        values = load_env(args.env_file)
+        if args.port is not None:
+            values["PORT"] = str(args.port)
+        settings = settings_from_env(values)
     except ConfigError as exc:
         LOG.error("configuration refused: %s", exc)
         return 2
@@ -735,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         hub.issuer_did,
         "EPHEMERAL" if hub.ephemeral else "persistent",
         hub.public_multibase,
-        mask_url(settings.database_url),
+        database_spec(settings.database_url).masked_url,
     )
     hub.resign_badges()
     try:

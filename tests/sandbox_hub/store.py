@@ -3,6 +3,17 @@
 SQL touches only columns that both the hub's real migrations and the project's
 fixture schema have. Every statement runs in autocommit, one after the other, as
 Prisma runs the hub's route handlers (no transaction around a join).
+
+Lost connections are survived the way Prisma survives them (a reset terminates
+every other session on the database with ``pg_terminate_backend``, a restart of
+PostgreSQL drops them all): a pooled connection whose server side has gone is
+noticed before use (its socket is readable while it should be idle) and replaced;
+a statement that fails because its connection died (``OperationalError`` /
+``InterfaceError`` with the connection closed, or SQLSTATE 57P01 admin_shutdown,
+57P02 crash_shutdown, 57P05 idle_session_timeout) is run again once on a new
+connection when it only reads; a write that fails that way raises
+``ConnectionLost``, and the server runs the whole request again once when that
+request has written nothing yet. Every other error is raised as it is.
 """
 
 from __future__ import annotations
@@ -10,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import select
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,13 +31,60 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from sandbox_hub.config import parse_prisma_url
+from sandbox_hub.config import database_spec
 
 LOG = logging.getLogger("sandbox_hub.store")
 DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# The server ended the session: terminated (pg_terminate_backend, fast shutdown), crashed, idle timeout.
+LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P05"})
+_READ_RE = re.compile(r"^\s*(SELECT|SHOW|WITH\s[^;]*\sSELECT\s)", re.I | re.S)
+_WRITE_WORDS_RE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.I)
+
+
+class ConnectionLost(psycopg2.OperationalError):
+    """A statement that may have written failed because its connection died (never retried here)."""
+
+
+def connection_lost(exc: BaseException, conn: Any = None) -> bool:
+    """True when ``exc`` says the connection is gone (not an SQL error on a live connection)."""
+    if not isinstance(exc, DB_ERRORS):
+        return False
+    if isinstance(exc, ConnectionLost):
+        return True
+    if conn is not None and conn.closed:
+        return True
+    return getattr(exc, "pgcode", None) in LOST_SQLSTATES
+
+
+def is_read_only(sql: str) -> bool:
+    """A statement that writes nothing (``SELECT``/``SHOW``, no data-modifying ``WITH``)."""
+    return bool(_READ_RE.match(sql)) and not _WRITE_WORDS_RE.search(sql)
+
+
+def _stale(conn: Any) -> bool:
+    """True when a pooled connection cannot be used: closed, not idle, or its socket has data
+    (a terminated backend sends its FATAL message and closes; an idle session gets nothing)."""
+    if conn.closed:
+        return True
+    if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        return True
+    try:
+        readable, _w, _x = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _why(exc: BaseException | None) -> str:
+    """A short reason for the log: SQLSTATE or the error class (never the statement or its values)."""
+    code = getattr(exc, "pgcode", None)
+    return f"SQLSTATE {code}" if code else type(exc).__name__
 
 
 def utcnow() -> datetime:
@@ -53,7 +113,9 @@ class Database:
     """A small thread-safe pool of psycopg2 connections, ``search_path`` set to the URL's schema."""
 
     def __init__(self, database_url: str, max_connections: int = 8) -> None:
-        kwargs, self.schema = parse_prisma_url(database_url)
+        spec = database_spec(database_url)
+        kwargs, self.schema = spec.libpq_kwargs(), spec.schema
+        kwargs.setdefault("connect_timeout", "5")
         extra = kwargs.pop("options", "")
         kwargs["options"] = (extra + " " + _options_for_schema(self.schema)).strip()
         kwargs.setdefault("application_name", "ringhub-sandbox")
@@ -61,22 +123,60 @@ class Database:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._local = threading.local()
+        self.reconnects = 0
 
+    # -- the request's unit of work ------------------------------------------------------
+    def begin_request(self) -> None:
+        """Start counting the writes of one request (per thread)."""
+        self._local.writes = 0
+
+    @property
+    def writes_in_request(self) -> int:
+        """Statements of the current request that may have written (0: the request may run again)."""
+        return getattr(self._local, "writes", 0)
+
+    def _count_write(self) -> None:
+        self._local.writes = self.writes_in_request + 1
+
+    # -- connections ---------------------------------------------------------------------
     def _connect(self) -> Any:
         conn = psycopg2.connect(**self._kwargs)
         conn.autocommit = True
         return conn
 
+    def _discard_idle(self) -> None:
+        """Close every idle connection: when one was terminated, its siblings were too
+        (a reset ends every session at once), even if their sockets do not show it yet."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _checkout(self, fresh: bool = False) -> Any:
+        if fresh:
+            return self._connect()
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if not _stale(conn):
+                return conn
+            self.reconnects += 1
+            LOG.info("database connection closed by the server; opening a new one")
+            with contextlib.suppress(Exception):
+                conn.close()
+
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A pooled connection; a broken one is closed instead of returned."""
+    def connection(self, fresh: bool = False) -> Iterator[Any]:
+        """A pooled connection, checked before use (``fresh``: a new one); a broken one is
+        closed instead of returned."""
         self._slots.acquire()
         conn = None
         try:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None or conn.closed:
-                conn = self._connect()
+            conn = self._checkout(fresh)
             yield conn
         except DB_ERRORS:
             if conn is not None:
@@ -90,19 +190,56 @@ class Database:
                     self._idle.append(conn)
             self._slots.release()
 
+    def _run(self, sql: str, params: Any, fetch: bool) -> Any:
+        """Run one statement in autocommit.
+
+        When its connection dies under it, a read runs once more on a new connection.
+        A write is never run again here: it raises ``ConnectionLost``, and counts as a
+        write of the request unless the server itself said it ended the session
+        (SQLSTATE 57P01/57P02/57P05: the statement was rolled back with it).
+        """
+        read_only = is_read_only(sql)
+        for attempt in (1, 2):
+            lost: BaseException | None = None
+            with self.connection(fresh=attempt > 1) as conn:
+                try:
+                    if fetch:
+                        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                            cur.execute(sql, params)
+                            result: Any = [dict(r) for r in cur.fetchall()] if cur.description else []
+                    else:
+                        with conn.cursor() as cur:
+                            cur.execute(sql, params)
+                            result = cur.rowcount
+                except DB_ERRORS as exc:
+                    if not connection_lost(exc, conn):
+                        raise
+                    lost = exc
+                    with contextlib.suppress(Exception):
+                        conn.close()  # not returned to the pool
+                else:
+                    if not read_only:
+                        self._count_write()
+                    return result
+            self.reconnects += 1
+            self._discard_idle()
+            if read_only and attempt == 1:
+                LOG.info("database connection lost (%s); reading again on a new connection", _why(lost))
+                continue
+            if not read_only and getattr(lost, "pgcode", None) not in LOST_SQLSTATES:
+                self._count_write()  # the server may have committed it before the connection went
+            raise ConnectionLost(f"database connection lost ({_why(lost)})") from lost
+        raise AssertionError("unreachable")
+
     def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        with self.connection() as conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql, params)
-            return [dict(r) for r in cur.fetchall()] if cur.description else []
+        return self._run(sql, params, fetch=True)
 
     def one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
     def execute(self, sql: str, params: Any = None) -> int:
-        with self.connection() as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.rowcount
+        return self._run(sql, params, fetch=False)
 
     def ping(self) -> None:
         self.query("SELECT 1 AS ok")
@@ -319,11 +456,22 @@ class Database:
 
 
 class Cache:
-    """The Redis cache (DID documents), as the hub keeps it: best effort, errors only logged."""
+    """The Redis cache (DID documents), as the hub keeps it: best effort, errors only logged.
+
+    A connection the server closed (``CLIENT KILL``, a Redis restart, an idle timeout)
+    is reopened and the command sent once more (redis-py's retry, on connection and
+    timeout errors only); ``FLUSHALL`` only empties the cache, so the next lookup
+    fetches again.
+    """
 
     def __init__(self, redis_url: str, timeout: float = 2.0) -> None:
         self.client = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
     def ping(self) -> None:
