@@ -1,0 +1,354 @@
+"""The reset playbook against a plain shell script doing the same steps, on a local deployment.
+
+    .venv/bin/python bench/reset_playbook.py                 # 100,000 and 1,000,000 rows and keys
+    .venv/bin/python bench/reset_playbook.py --rows 100000   # one size
+    .venv/bin/python bench/reset_playbook.py --quick         # 20,000 rows, one repetition
+
+A deployment (tests/harness/deployment.py: PostgreSQL, Redis, key, .env, one sandbox hub) is
+brought up once. For each size, alternately, --repeat times each:
+
+- the baseline, a bash script: ``pg_dump --format=custom``, ``pg_restore --list`` of the dump,
+  ``sha256sum`` of it, ``psql --single-transaction`` running DROP SCHEMA / CREATE SCHEMA, every
+  migration, the ``_prisma_migrations`` rows and the root ring with its three roles, then
+  ``redis-cli FLUSHALL ASYNC``;
+- ``ansible-playbook playbooks/reset.yml -l production`` with the phrases as variables
+  (confirm, preflight with its three check-mode runs, backup + reset + root ring in one
+  transaction, Redis flush, key check, audit line) and ``ringhub_restart_backend=none``, since
+  the script restarts nothing.
+
+Before every run the database gets ``--rows`` rows (in "AuditLog", whose content and indexes
+look like the hub's) and Redis ``--rows`` keys. Reported per size: median wall seconds of each,
+their ratio, and where the playbook's time goes (per task, from a timing callback, and the
+module's own phases). Printed as Markdown, written as JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness import deployment as deployment_mod
+from harness.ansible import COLLECTIONS_DIR, ensure_collection_link
+
+PLAYBOOK = REPO / "playbooks" / "reset.yml"
+PHRASES = {
+    "ringhub_confirm_1": "DELETE ALL DATA",
+    "ringhub_confirm_2": "I UNDERSTAND THIS IS IRREVERSIBLE",
+    "ringhub_confirm_3": "RESET PRODUCTION NOW",
+    "ringhub_confirm_target": "ringhub",
+    "ringhub_restart_backend": "none",
+}
+ROLES = {
+    "owner": [
+        "manage_ring",
+        "manage_members",
+        "manage_roles",
+        "manage_posts",
+        "moderate_content",
+        "invite_members",
+        "block_users",
+        "delete_ring",
+    ],
+    "moderator": ["manage_members", "manage_posts", "moderate_content", "invite_members", "block_users"],
+    "member": ["post_content", "comment"],
+}
+TIMING_CALLBACK = '''
+from __future__ import annotations
+import json, os, time
+from ansible.plugins.callback import CallbackBase
+DOCUMENTATION = """
+name: bench_timing
+type: aggregate
+short_description: wall seconds per task (benchmark only)
+description: Writes the wall seconds of every task to the file named by RINGHUB_BENCH_TIMING.
+"""
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "bench_timing"
+    CALLBACK_NEEDS_ENABLED = True
+    def __init__(self):
+        super().__init__()
+        self.start = time.monotonic()
+        self.current = None
+        self.rows = []
+    def _close(self):
+        if self.current:
+            self.rows.append([self.current[0], time.monotonic() - self.current[1]])
+            self.current = None
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._close()
+        self.current = (task.get_name(), time.monotonic())
+    def v2_playbook_on_stats(self, stats):
+        self._close()
+        with open(os.environ["RINGHUB_BENCH_TIMING"], "w") as fh:
+            json.dump({"tasks": self.rows, "total": time.monotonic() - self.start}, fh)
+'''
+
+
+def fill(dep: Any, rows: int) -> None:
+    """``rows`` rows in "AuditLog" (plus the root ring already there) and ``rows`` Redis keys."""
+    conn = dep.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SELECT id FROM "Ring" WHERE slug = %s', ("spool",))
+            ring_id = cur.fetchone()[0]
+            cur.execute(
+                'INSERT INTO "AuditLog" (id, "ringId", action, "actorDid", "targetDid", metadata) '
+                "SELECT md5(g::text) || '-' || g, %s, 'member.joined', "
+                "'did:web:member' || (g %% 5000) || '.example.test:users:' || g, NULL, "
+                "jsonb_build_object('n', g, 'note', repeat('x', 20 + g %% 40)) FROM generate_series(1, %s) g",
+                (ring_id, rows),
+            )
+            cur.execute('ANALYZE "AuditLog"')
+    finally:
+        conn.close()
+    client = dep.redis_client()
+    try:
+        client.flushall()
+        try:
+            client.execute_command("DEBUG", "POPULATE", rows, "cache", 64)
+        except Exception:  # DEBUG disabled: pipelined SETs
+            pipe = client.pipeline(transaction=False)
+            for i in range(rows):
+                pipe.set(f"cache:{i}", "x" * 64)
+                if i % 10000 == 9999:
+                    pipe.execute()
+            pipe.execute()
+    finally:
+        client.close()
+
+
+def baseline_script(dep: Any, workdir: Path) -> Path:
+    """The bash script: the same steps with the stock client tools."""
+    db = dep.state["database"]
+    bindir = db["bindir"]
+    migrations = sorted(p for p in Path(dep.paths["migrations_dir"]).glob("*/migration.sql"))
+    sql = ["DROP SCHEMA public CASCADE;", "CREATE SCHEMA public;"]
+    prisma = (
+        'CREATE TABLE "_prisma_migrations" (id VARCHAR(36) PRIMARY KEY, checksum VARCHAR(64) NOT NULL, '
+        "finished_at TIMESTAMPTZ, migration_name VARCHAR(255) NOT NULL, logs TEXT, rolled_back_at TIMESTAMPTZ, "
+        "started_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_steps_count INTEGER NOT NULL DEFAULT 0);"
+    )
+    sql.append(prisma)
+    for path in migrations:
+        sql.append(f"\\i {path}")
+        sql.append(
+            "INSERT INTO _prisma_migrations (id, checksum, finished_at, migration_name, applied_steps_count) "
+            f"VALUES (gen_random_uuid()::text, '{_sha256(path)}', now(), '{path.parent.name}', 1);"
+        )
+    sql.append(
+        'INSERT INTO "Ring" (id, slug, name, description, "updatedAt", visibility, "joinPolicy", "postPolicy", '
+        "\"ownerDid\", metadata) VALUES (gen_random_uuid()::text, 'spool', 'The Spool', "
+        "'The root ThreadRing - the origin of all rings in this hub', now(), 'PUBLIC', 'OPEN', 'OPEN', "
+        f"'{dep.instance_did}', jsonb_build_object('isRoot', true, 'createdBy', 'system', 'resetAt', now()));"
+    )
+    for role, perms in ROLES.items():
+        sql.append(
+            'INSERT INTO "RingRole" (id, "ringId", name, permissions) SELECT gen_random_uuid()::text, id, '
+            f"'{role}', '{json.dumps(perms)}'::jsonb FROM \"Ring\" WHERE slug = 'spool';"
+        )
+    (workdir / "reset.sql").write_text("\n".join(sql) + "\n")
+    redis = dep.state["redis"]
+    script = workdir / "reset.sh"
+    script.write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        f"export PGHOST={db['host']} PGPORT={db['port']} PGUSER={db['role']} PGDATABASE={db['name']}\n"
+        "export PGOPTIONS='-c client_min_messages=warning'\n"
+        f"export PGPASSWORD={shlex.quote(db['role_password'])} REDISCLI_AUTH={shlex.quote(redis['password'])}\n"
+        f'dump="{workdir}/backup-$(date +%s%N).dump"\n'
+        f'{bindir}/pg_dump --format=custom --file "$dump"\n'
+        f'{bindir}/pg_restore --list "$dump" > /dev/null\n'
+        'sha256sum "$dump" > /dev/null\n'
+        f"{bindir}/psql -X -q -v ON_ERROR_STOP=1 --single-transaction -f {workdir}/reset.sql > /dev/null\n"
+        f"redis-cli -h 127.0.0.1 -p {redis['port']} FLUSHALL ASYNC > /dev/null\n"
+        'rm -f "$dump"\n'
+    )
+    script.chmod(0o700)
+    return script
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def playbook_env(callback_dir: Path, timing_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PG", "DATABASE_URL", "REDIS_URL"))}
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_DIR),
+        ANSIBLE_CALLBACK_PLUGINS=str(callback_dir),
+        ANSIBLE_CALLBACKS_ENABLED="bench_timing",
+        ANSIBLE_NOCOLOR="1",
+        RINGHUB_BENCH_TIMING=str(timing_file),
+        PATH=str(REPO / ".venv" / "bin") + os.pathsep + env.get("PATH", ""),
+    )
+    return env
+
+
+def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    vars_file = workdir / "vars.json"
+    vars_file.write_text(json.dumps({**PHRASES, **extra}))
+    timing = workdir / "timing.json"
+    cmd = [
+        str(REPO / ".venv" / "bin" / "ansible-playbook"),
+        "-i",
+        str(dep.inventory),
+        str(PLAYBOOK),
+        "-l",
+        "production",
+        "-e",
+        "@" + str(vars_file),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd,
+        cwd=str(REPO),
+        env=playbook_env(workdir, timing),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the playbook failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}")
+    record = json.loads(dep.paths["audit_log"].read_text().splitlines()[-1])
+    for backup in dep.paths["backup_dir"].iterdir():
+        backup.unlink()
+    return {
+        "seconds": seconds,
+        "tasks": json.loads(timing.read_text())["tasks"],
+        "phases": record["details"]["steps"]["reset"]["phases"],
+        "redis_seconds": record["details"]["steps"]["redis_flush"]["seconds"],
+    }
+
+
+def run_script(script: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(script)], check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def where_the_time_goes(runs: list[dict[str, Any]], top: int = 12) -> list[dict[str, Any]]:
+    per_task: dict[str, list[float]] = {}
+    for run in runs:
+        seen: dict[str, float] = {}
+        for name, seconds in run["tasks"]:
+            seen[name] = seen.get(name, 0.0) + seconds
+        for name, seconds in seen.items():
+            per_task.setdefault(name, []).append(seconds)
+    rows = [{"task": name, "median s": round(statistics.median(v), 3)} for name, v in per_task.items()]
+    rows.sort(key=lambda r: -r["median s"])
+    rest = sum(r["median s"] for r in rows[top:])
+    out = rows[:top]
+    out.append({"task": f"({len(rows) - top} other tasks, controller-side)", "median s": round(rest, 3)})
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(row[k]) for k in head) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, action="append", help="rows and keys (repeatable; default 100000, 1000000)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, one repetition")
+    parser.add_argument("--output", help="JSON results file")
+    opts = parser.parse_args(argv)
+    sizes = [20_000] if opts.quick else (opts.rows or [100_000, 1_000_000])
+    repeat = 1 if opts.quick else opts.repeat
+    ensure_collection_link()
+    workdir = Path(tempfile.mkdtemp(prefix="ringhub-bench-reset-"))
+    os.chmod(workdir, 0o711)
+    (workdir / "bench_timing.py").write_text(TIMING_CALLBACK)
+    directory = workdir / "deployment"
+    dep = deployment_mod.up(directory, hubs=1)
+    results: dict[str, Any] = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        "sizes": [],
+    }
+    try:
+        script = baseline_script(dep, workdir)
+        for rows in sizes:
+            script_s: list[float] = []
+            playbook_runs: list[dict[str, Any]] = []
+            for _run in range(repeat):
+                fill(dep, rows)
+                script_s.append(run_script(script))
+                fill(dep, rows)
+                playbook_runs.append(run_playbook(dep, workdir, {}))
+            play_s = [r["seconds"] for r in playbook_runs]
+            phases = {
+                k: round(statistics.median(r["phases"].get(k, 0.0) for r in playbook_runs), 3)
+                for k in playbook_runs[0]["phases"]
+            }
+            entry = {
+                "rows": rows,
+                "script_s": round(statistics.median(script_s), 3),
+                "playbook_s": round(statistics.median(play_s), 3),
+                "ratio": round(statistics.median(play_s) / statistics.median(script_s), 2),
+                "module_phases_s": phases,
+                "redis_flush_s": round(statistics.median(r["redis_seconds"] for r in playbook_runs), 3),
+                "tasks": where_the_time_goes(playbook_runs),
+                "all_script_s": [round(s, 3) for s in script_s],
+                "all_playbook_s": [round(s, 3) for s in play_s],
+            }
+            results["sizes"].append(entry)
+            print(f"\n## {rows} rows and {rows} Redis keys ({repeat} runs each, medians)\n")
+            print(
+                table(
+                    [
+                        {
+                            "script s": entry["script_s"],
+                            "playbook s": entry["playbook_s"],
+                            "playbook / script": entry["ratio"],
+                            "pg_schema_reset phases s": ", ".join(f"{k} {v}" for k, v in phases.items()),
+                        }
+                    ]
+                )
+            )
+            print("\nWhere the playbook's time goes (per task):\n")
+            print(table(entry["tasks"]))
+            sys.stdout.flush()
+    finally:
+        dep.down()
+        for leftover in workdir.iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+        if not any(workdir.iterdir()):
+            workdir.rmdir()
+    out = Path(opts.output) if opts.output else REPO / "bench" / "results" / f"reset_playbook-{_stamp()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {out}")
+    return 0
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""pytest-testinfra checks of the state a full reset leaves (molecule scenario ``default``).
+
+The deployment (tests/harness/deployment.py) was brought up by the prepare playbook, its state
+before the reset saved as ``before.json`` in the scenario's ephemeral directory, and converge
+ran ``playbooks/reset.yml`` with ``-vvv``, its output kept as ``reset.log``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
+ROOT_ROLES = {
+    "owner": [
+        "manage_ring",
+        "manage_members",
+        "manage_roles",
+        "manage_posts",
+        "moderate_content",
+        "invite_members",
+        "block_users",
+        "delete_ring",
+    ],
+    "moderator": ["manage_members", "manage_posts", "moderate_content", "invite_members", "block_users"],
+    "member": ["post_content", "comment"],
+}
+
+
+def _state() -> dict[str, Any]:
+    pointer = EPHEMERAL / "deployment-dir"
+    if not pointer.exists():
+        pytest.skip("no deployment: run the scenario with molecule (prepare brings it up)")
+    directory = Path(pointer.read_text().strip())
+    return json.loads((directory / "deployment.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, Any]:
+    return _state()
+
+
+@pytest.fixture(scope="module")
+def before() -> dict[str, Any]:
+    return json.loads((EPHEMERAL / "before.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reset_log() -> str:
+    return (EPHEMERAL / "reset.log").read_text()
+
+
+def psql(host: Any, state: dict[str, Any], sql: str, dbname: str = "ringhub") -> str:
+    db = state["database"]
+    cmd = (
+        f"PGPASSWORD={shlex.quote(db['superuser_password'])} {db['bindir']}/psql -X -A -t -v ON_ERROR_STOP=1 "
+        f"-h {db['host']} -p {db['port']} -U {db['superuser']} -d {dbname} -c {shlex.quote(sql)}"
+    )
+    return host.check_output(cmd)
+
+
+def redis_cli(host: Any, state: dict[str, Any], *args: str) -> str:
+    redis = state["redis"]
+    cmd = f"REDISCLI_AUTH={shlex.quote(redis['password'])} redis-cli -h 127.0.0.1 -p {redis['port']} " + " ".join(
+        shlex.quote(a) for a in args
+    )
+    return host.check_output(cmd)
+
+
+def test_every_row_of_the_old_data_is_gone(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
+    tables = before["counts"]["tables"]
+    assert sum(t["rows"] for name, t in tables.items() if name not in ("_prisma_migrations",)) > 50
+    for name in tables:
+        if name in ("Ring", "RingRole", "_prisma_migrations"):
+            continue
+        assert psql(host, state, f'SELECT count(*) FROM "{name}"') == "0", name
+
+
+def test_one_root_ring_with_its_three_roles(host: Any, state: dict[str, Any]) -> None:
+    rings = json.loads(
+        psql(
+            host,
+            state,
+            "SELECT json_agg(json_build_object('slug', slug, 'name', name, 'owner', \"ownerDid\", "
+            "'parent', \"parentId\", 'visibility', visibility, 'join', \"joinPolicy\", 'post', \"postPolicy\", "
+            "'meta', metadata)) FROM \"Ring\"",
+        )
+    )
+    assert len(rings) == 1
+    ring = rings[0]
+    assert ring["slug"] == "spool" and ring["name"] == "The Spool"
+    assert ring["owner"] == state["instance_did"] and ring["parent"] is None
+    assert (ring["visibility"], ring["join"], ring["post"]) == ("PUBLIC", "OPEN", "OPEN")
+    assert ring["meta"]["isRoot"] is True and ring["meta"]["createdBy"] == "system" and ring["meta"]["resetAt"]
+    roles = json.loads(
+        psql(
+            host,
+            state,
+            'SELECT json_object_agg(r.name, r.permissions) FROM "RingRole" r JOIN "Ring" g ON g.id = r."ringId"',
+        )
+    )
+    assert roles == ROOT_ROLES
+
+
+def test_prisma_history_records_every_migration(host: Any, state: dict[str, Any]) -> None:
+    migrations_dir = Path(state["paths"]["migrations_dir"])
+    expected = {
+        d.name: hashlib.sha256((d / "migration.sql").read_bytes()).hexdigest()
+        for d in sorted(migrations_dir.iterdir())
+        if (d / "migration.sql").is_file()
+    }
+    rows = psql(
+        host,
+        state,
+        "SELECT migration_name || ' ' || checksum || ' ' || (finished_at IS NOT NULL)::text "
+        "|| ' ' || applied_steps_count FROM _prisma_migrations ORDER BY migration_name",
+    ).splitlines()
+    assert rows == [f"{name} {checksum} true 1" for name, checksum in expected.items()]
+
+
+def test_redis_is_empty(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
+    assert sum(db["keys"] for db in before["counts"]["redis"].values()) > 0
+    assert redis_cli(host, state, "INFO", "keyspace").strip().splitlines()[1:] == []
+
+
+def test_key_file_and_env_value_persisted(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
+    key = host.file(state["paths"]["key"])
+    assert key.exists and key.mode == 0o600
+    assert hashlib.sha256(key.content).hexdigest() == before["counts"]["key_file_sha256"]
+    env = host.file(state["paths"]["env_file"]).content_string
+    values = [line.split("=", 1)[1] for line in env.splitlines() if line.startswith("RING_HUB_PRIVATE_KEY=")]
+    assert values == [base64.b64encode(key.content).decode()]
+
+
+def test_instance_did_document_is_served_with_the_key(host: Any, state: dict[str, Any]) -> None:
+    served = json.loads(host.check_output(f"curl -sf --noproxy '*' {state['hub_url']}/.well-known/did.json"))
+    assert served["id"] == state["instance_did"]
+    method = served["verificationMethod"][0]
+    assert method["id"] == state["instance_did"] + "#key-1"
+    pub = host.check_output(
+        f"openssl pkey -in {shlex.quote(state['paths']['key'])} -pubout -outform DER | tail -c 32 | base64 -w0"
+    )
+    assert base64.b64decode(pub) == _multibase_raw(method["publicKeyMultibase"])
+
+
+def _multibase_raw(value: str) -> bytes:
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    number = 0
+    for char in value[1:]:
+        number = number * 58 + alphabet.index(char)
+    data = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    assert data[:2] == b"\xed\x01"
+    return data[2:]
+
+
+def test_every_hub_answers_ready_and_serves_the_root_ring(host: Any, state: dict[str, Any]) -> None:
+    for hub in state["hubs"]:
+        ready = json.loads(host.check_output(f"curl -sf --noproxy '*' {hub['url']}/health/ready"))
+        assert ready["status"] == "ready"
+        ring = json.loads(host.check_output(f"curl -sf --noproxy '*' {hub['url']}/trp/rings/spool"))
+        assert ring["slug"] == "spool"
+
+
+def test_audit_line(host: Any, state: dict[str, Any]) -> None:
+    audit = host.file(state["paths"]["audit_log"])
+    assert audit.exists and audit.mode == 0o600
+    lines = audit.content_string.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["event"] == "reset" and record["status"] == "succeeded"
+    details = record["details"]
+    assert details["status"] == "succeeded" and details["hosts"] == [h["name"] for h in state["hubs"]]
+    assert details["operator"] and details["started"] and details["run_id"]
+    backup = Path(details["backup"]["path"])
+    assert backup.parent == Path(state["paths"]["backup_dir"])
+    assert hashlib.sha256(host.file(str(backup)).content).hexdigest() == details["backup"]["sha256"]
+    steps = details["steps"]
+    for step in ("preflight", "reset", "redis_flush"):
+        assert steps[step]["status"] == "succeeded", step
+    # The key, its env value and the DID document were there: the preflight's check found them in place.
+    assert steps["did_keys"]["status"] == "in place (checked by the preflight)"
+    assert steps["did_keys"]["changes"] == dict.fromkeys(("key_file", "env_file", "instance_document"), "unchanged")
+    assert steps["reset"]["seconds"] > 0 and steps["reset"]["phases"]["backup"] >= 0
+    assert {h: r["status"] for h, r in steps["restart"].items()} == {h["name"]: "succeeded" for h in state["hubs"]}
+
+
+def test_backup_restores_the_old_data(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
+    record = json.loads(host.file(state["paths"]["audit_log"]).content_string.splitlines()[-1])
+    backup = record["details"]["backup"]["path"]
+    db = state["database"]
+    psql(host, state, "DROP DATABASE IF EXISTS restore_check", dbname="postgres")
+    psql(host, state, "CREATE DATABASE restore_check", dbname="postgres")
+    try:
+        host.check_output(
+            f"PGPASSWORD={shlex.quote(db['superuser_password'])} {db['bindir']}/pg_restore --no-owner "
+            f"-h {db['host']} -p {db['port']} -U {db['superuser']} -d restore_check {shlex.quote(backup)}"
+        )
+        for name, table in before["counts"]["tables"].items():
+            assert psql(host, state, f'SELECT count(*) FROM "{name}"', dbname="restore_check") == str(table["rows"]), (
+                name
+            )
+    finally:
+        psql(host, state, "DROP DATABASE IF EXISTS restore_check", dbname="postgres")
+
+
+def test_no_secret_in_the_whole_vvv_output(state: dict[str, Any], reset_log: str) -> None:
+    assert "ESTABLISH LOCAL CONNECTION" in reset_log  # it is the -vvv output
+    key_pem = Path(state["paths"]["key"]).read_text()
+    secrets = {
+        "database password": state["database"]["role_password"],
+        "Redis password": state["redis"]["password"],
+        "key (base64 env value)": base64.b64encode(key_pem.encode()).decode()[20:80],
+        "key (PEM body)": key_pem.splitlines()[1],
+    }
+    for what, secret in secrets.items():
+        assert secret and secret not in reset_log, what
