@@ -6,6 +6,8 @@ Pure logic, no servers: the hub variables are read the way hub-api and Compose r
 from __future__ import annotations
 
 import base64
+import re
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -181,6 +183,30 @@ def test_settings_defaults_and_validation() -> None:
     ):
         with pytest.raises(ConfigError):
             settings_from_env({**BASE, **bad})
+
+
+def test_rate_limit_defaults_to_the_hubs_and_is_validated() -> None:
+    settings = settings_from_env(BASE)
+    assert (settings.rate_limit, settings.rate_limit_window) == (500, 60.0)  # @fastify/rate-limit max 500, 1 minute
+    off = settings_from_env({**BASE, "SANDBOX_RATE_LIMIT": "0", "SANDBOX_RATE_LIMIT_WINDOW": "2.5"})
+    assert (off.rate_limit, off.rate_limit_window) == (0, 2.5)
+    for bad, words in (
+        ({"SANDBOX_RATE_LIMIT": "-1"}, "SANDBOX_RATE_LIMIT must be a whole number"),
+        ({"SANDBOX_RATE_LIMIT": "many"}, "got 'many'"),
+        ({"SANDBOX_RATE_LIMIT": "1.5"}, "SANDBOX_RATE_LIMIT must be a whole number"),
+        ({"SANDBOX_RATE_LIMIT_WINDOW": "0"}, "SANDBOX_RATE_LIMIT_WINDOW must be a number of seconds above 0"),
+        ({"SANDBOX_RATE_LIMIT_WINDOW": "nan"}, "got 'nan'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            settings_from_env({**BASE, **bad})
+
+
+def test_rate_limit_variables_come_from_the_env_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("SANDBOX_RATE_LIMIT=7\nSANDBOX_RATE_LIMIT_WINDOW=5\n")
+    values = load_env(env, {"SANDBOX_RATE_LIMIT": "9", **BASE})
+    assert (values["SANDBOX_RATE_LIMIT"], values["SANDBOX_RATE_LIMIT_WINDOW"]) == ("7", "5")
+    assert settings_from_env(values).rate_limit == 7
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ the collection's runtime code.
 - ``sandbox_hub.store``: PostgreSQL (the hub's tables) and the Redis cache.
 - ``sandbox_hub.server``: the HTTP server (``python -m sandbox_hub.server``).
 - ``sandbox_hub.ctl``: start / stop / restart / status with a pid file.
-- ``sandbox_hub.actors``: test actors (keys, did:web documents, signed requests).
+- ``sandbox_hub.instance``: ``SandboxHub`` and ``SandboxActor`` (keys, did:web documents, signed requests).
 - ``sandbox_hub.fixtures``: pytest plugin (``-p sandbox_hub.fixtures``).
 """
 

@@ -4,7 +4,10 @@ Variables: ``DATABASE_URL`` (Prisma form), ``REDIS_URL``, ``RING_HUB_URL``,
 ``RING_HUB_PRIVATE_KEY`` (base64 of the PEM text of a PKCS#8 Ed25519 key),
 ``NODE_ENV``, ``PORT``, ``HOST``, ``ROOT_RING_SLUG``; sandbox-only:
 ``SANDBOX_DID_CACHE_TTL`` (seconds a resolved DID document stays in Redis, default
-3600 as in the hub), ``SANDBOX_HTTP_TIMEOUT`` (DID fetch timeout, default 5).
+3600 as in the hub), ``SANDBOX_HTTP_TIMEOUT`` (DID fetch timeout, default 5),
+``SANDBOX_RATE_LIMIT`` (requests a client may make per window, default 500 as the
+hub's ``@fastify/rate-limit`` setting; ``0`` turns the limit off, for load tests) and
+``SANDBOX_RATE_LIMIT_WINDOW`` (the window in seconds, default 60: the hub's "1 minute").
 
 They come from a compose-style ``.env`` file and/or the process environment: when a
 file is given its values win, variables it does not set come from the environment.
@@ -43,7 +46,11 @@ HUB_VARIABLES = (
     "ROOT_RING_SLUG",
     "SANDBOX_DID_CACHE_TTL",
     "SANDBOX_HTTP_TIMEOUT",
+    "SANDBOX_RATE_LIMIT",
+    "SANDBOX_RATE_LIMIT_WINDOW",
 )
+RATE_LIMIT_MAX = 500  # hub-api registers @fastify/rate-limit with max 500, timeWindow '1 minute'
+RATE_LIMIT_WINDOW = 60.0
 ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 BIND_ADDRESS = "127.0.0.1"
 
@@ -166,6 +173,8 @@ class Settings:
     root_ring_slug: str
     did_cache_ttl: int
     http_timeout: float
+    rate_limit: int = RATE_LIMIT_MAX
+    rate_limit_window: float = RATE_LIMIT_WINDOW
     private_key_value: str | None = field(default=None, repr=False)
 
     @property
@@ -210,6 +219,7 @@ def settings_from_env(values: Mapping[str, str]) -> Settings:
         timeout = float(values.get("SANDBOX_HTTP_TIMEOUT", "5") or "5")
     except ValueError:
         raise ConfigError("SANDBOX_DID_CACHE_TTL and SANDBOX_HTTP_TIMEOUT must be numbers") from None
+    rate_limit, rate_window = _rate_limit(values)
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -220,5 +230,28 @@ def settings_from_env(values: Mapping[str, str]) -> Settings:
         root_ring_slug=values.get("ROOT_RING_SLUG", "") or "spool",
         did_cache_ttl=ttl,
         http_timeout=timeout,
+        rate_limit=rate_limit,
+        rate_limit_window=rate_window,
         private_key_value=values.get("RING_HUB_PRIVATE_KEY") or None,
     )
+
+
+def _rate_limit(values: Mapping[str, str]) -> tuple[int, float]:
+    """``SANDBOX_RATE_LIMIT`` (a whole number >= 0; 0: off) and ``SANDBOX_RATE_LIMIT_WINDOW`` (seconds > 0)."""
+    raw_max = (values.get("SANDBOX_RATE_LIMIT", "") or str(RATE_LIMIT_MAX)).strip()
+    raw_window = (values.get("SANDBOX_RATE_LIMIT_WINDOW", "") or str(RATE_LIMIT_WINDOW)).strip()
+    try:
+        limit = int(raw_max)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ConfigError(
+            f"SANDBOX_RATE_LIMIT must be a whole number of requests per window (0 turns the limit off), got {raw_max!r}"
+        )
+    try:
+        window = float(raw_window)
+    except ValueError:
+        window = -1.0
+    if not 0 < window < 86400 * 365:
+        raise ConfigError(f"SANDBOX_RATE_LIMIT_WINDOW must be a number of seconds above 0, got {raw_window!r}")
+    return limit, window

@@ -8,8 +8,9 @@ Fixtures:
   whose DID document is published at ``/.well-known/did.json``. Stopped and removed
   after the test.
 - ``sandbox_hub_factory``: ``sandbox_hub_factory(migrations=..., node_env=...,
-  private_key=None, schema=..., seed_root=..., start=...)`` for other set-ups
-  (the hub's real migrations, an unset key, a non-public schema...).
+  private_key=None, schema=..., seed_root=..., start=..., extra_env=...)`` for other
+  set-ups (the hub's real migrations, an unset key, a non-public schema, a small rate
+  limit with ``extra_env={"SANDBOX_RATE_LIMIT": "3"}`` or none with ``"0"``...).
 
 Helpers on the returned ``SandboxHub``: ``new_actor()`` (key + did:web document
 served by the sandbox at ``/users/<hash>/did.json``), ``join(actor)`` (a signed

@@ -14,11 +14,12 @@ import secrets
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -83,6 +84,17 @@ def env_line(name: str, value: str) -> str:
 # -- actors ----------------------------------------------------------------------------------
 
 
+def default_profile_url(base_url: str, user_id: str) -> str:
+    """A ``Profile`` endpoint the hub accepts for a user served under ``base_url``: the
+    collection's default (``<origin>/users/<id>``), with a loopback IP host written
+    ``localhost`` (the hub ignores a ``http://`` endpoint unless it starts with ``http://localhost``)."""
+    parts = urlsplit(base_url)
+    origin = _did.origin(base_url)
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1"):
+        origin = "http://localhost" + (f":{parts.port}" if parts.port else "")
+    return f"{origin}/users/{quote(user_id, safe='')}"
+
+
 @dataclass
 class SandboxActor:
     """A did:web user whose document the sandbox serves from its web root."""
@@ -105,15 +117,25 @@ class SandboxActor:
         *,
         user_id: str | None = None,
         profile: bool = True,
+        profile_url: str | None = None,
+        name: str | None = None,
         publish: bool = True,
         key: Ed25519PrivateKey | None = None,
     ) -> SandboxActor:
         """A new key and DID document; ``profile=False`` leaves out the ``Profile`` service,
-        ``publish=False`` writes no document (the DID then does not resolve)."""
+        ``publish=False`` writes no document (the DID then does not resolve).
+
+        The hub takes a ``Profile`` endpoint only when it is ``https://...`` or starts with
+        ``http://localhost``, so for a loopback ``base_url`` the default endpoint is
+        ``http://localhost:<port>/users/<user_id>`` (``profile_url`` sets another one).
+        ``name`` is the document's ``name`` (the member's display name).
+        """
         user_id = user_id or secrets.token_hex(8)
         key = key or Ed25519PrivateKey.generate()
         raw = _ed25519.raw_public_key(key)
-        doc = _did.build_user_document(base_url, user_id, raw)
+        doc = _did.build_user_document(base_url, user_id, raw, profile_url or default_profile_url(base_url, user_id))
+        if name is not None:
+            doc["name"] = name
         if not profile:
             doc.pop("service", None)
         path = Path(web_root) / "users" / user_id / "did.json"
@@ -131,21 +153,31 @@ class SandboxActor:
         date: str | None = None,
         signing_key: Ed25519PrivateKey | None = None,
         signed_body: bytes | None = None,
+        names: Sequence[str] | None = None,
+        omit: Sequence[str] = (),
+        headers: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """``Host``, ``Date``, ``Digest``, ``Signature`` (+ ``Content-Type``) for a request.
+        """``Host``, ``Date``, ``Digest``, ``Signature`` (+ ``Content-Type``) for a request,
+        made by the collection's own signer (``_httpsig.sign_request``).
 
         ``signing_key`` signs with another key (a forged signature); ``signed_body``
-        computes Digest and signature over other bytes than the ones sent.
+        computes Digest and signature over other bytes than the ones sent; ``names`` are
+        the headers the signature covers (default ``(request-target) host date digest``);
+        ``omit`` drops headers after signing (e.g. ``("Date", "Digest")`` with ``names``
+        that do not cover them: a request without them); ``headers`` are sent too.
         """
-        return _httpsig.sign_request(
+        signed = _httpsig.sign_request(
             method,
             url,
             body if signed_body is None else signed_body,
             signing_key or self.key,
             self.key_id,
             date=date,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(headers or {})},
+            names=tuple(names) if names is not None else _httpsig.DEFAULT_HEADERS,
         )
+        dropped = {name.lower() for name in omit}
+        return {k: v for k, v in signed.items() if k.lower() not in dropped}
 
     def post(self, url: str, payload: dict[str, Any], **kwargs: Any) -> HttpAnswer:
         """A signed JSON POST (see ``signed_headers`` for the tampering options)."""

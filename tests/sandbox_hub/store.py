@@ -1,8 +1,9 @@
 """Storage of the sandbox hub (test and demo tool): the hub's PostgreSQL tables and a Redis cache.
 
 SQL touches only columns that both the hub's real migrations and the project's
-fixture schema have. Every statement runs in autocommit, one after the other, as
-Prisma runs the hub's route handlers (no transaction around a join).
+fixture schema have; the membership's profile columns are written where the schema
+has them (``Database.columns``). Every statement runs in autocommit, one after the
+other, as Prisma runs the hub's route handlers (no transaction around a join).
 
 Lost connections are survived the way Prisma survives them (a reset terminates
 every other session on the database with ``pg_terminate_backend``, a restart of
@@ -25,7 +26,7 @@ import re
 import select
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -300,18 +301,57 @@ class Database:
     def accept_invitation(self, invitation_id: str) -> None:
         self.execute('UPDATE "Invitation" SET "status" = \'ACCEPTED\' WHERE "id" = %s', (invitation_id,))
 
+    # -- schema ------------------------------------------------------------------------
+    def columns(self, table: str) -> frozenset[str]:
+        """The columns ``table`` has in the schema the hub uses (read each time: a reset may change it)."""
+        rows = self.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s",
+            (table,),
+        )
+        return frozenset(r["column_name"] for r in rows)
+
     # -- actors and their keys ---------------------------------------------------------
     def actor(self, did: str) -> dict[str, Any] | None:
-        return self.one('SELECT "did", "name", "verified", "trusted" FROM "Actor" WHERE "did" = %s', (did,))
+        return self.one(
+            'SELECT "did", "name", "verified", "trusted", "instanceUrl", "metadata" FROM "Actor" WHERE "did" = %s',
+            (did,),
+        )
 
-    def upsert_verified_actor(self, did: str, name: str | None, public_key: str, instance_url: str | None) -> None:
+    def register_actor(self, did: str, public_key: str | None, resolves: Callable[[], bool]) -> bool:
+        """The hub's ``getActor``/``registerActor``: an existing actor only gets ``lastSeenAt``; a new
+        one is a ``USER`` with no name and no ``instanceUrl``, verified when ``resolves()`` (its DID
+        document resolves). Returns ``verified``."""
         now = utcnow()
+        row = self.one('UPDATE "Actor" SET "lastSeenAt" = %s WHERE "did" = %s RETURNING "verified"', (now, did))
+        if row is None:
+            row = self.one(
+                'INSERT INTO "Actor" ("id", "did", "type", "publicKey", "verified", "trusted", "discoveredAt", '
+                "\"lastSeenAt\") VALUES (%s, %s, 'USER', %s, %s, false, %s, %s) "
+                'ON CONFLICT ("did") DO UPDATE SET "lastSeenAt" = EXCLUDED."lastSeenAt" RETURNING "verified"',
+                (new_id(), did, public_key, bool(resolves()), now, now),
+            )
+        return bool(row and row["verified"])
+
+    def store_actor_profile(self, did: str, profile: dict[str, Any], fetched_at: str) -> None:
+        """What ``resolveActorProfile`` keeps in ``Actor``: the name, and the profile in ``metadata``
+        (no handle); a new actor also gets the profile URL as ``instanceUrl``, verified."""
+        now = utcnow()
+        metadata = json.dumps(
+            {
+                "actorName": profile["actorName"],
+                "avatarUrl": profile["avatarUrl"],
+                "profileUrl": profile["profileUrl"],
+                "instanceDomain": profile["instanceDomain"],
+                "profileLastFetched": fetched_at,
+            }
+        )
         self.execute(
-            'INSERT INTO "Actor" ("id", "did", "name", "type", "instanceUrl", "publicKey", "verified", '
-            '"discoveredAt", "lastSeenAt") VALUES (%s, %s, %s, \'USER\', %s, %s, true, %s, %s) '
-            'ON CONFLICT ("did") DO UPDATE SET "verified" = true, "publicKey" = EXCLUDED."publicKey", '
-            '"lastSeenAt" = EXCLUDED."lastSeenAt", "name" = COALESCE("Actor"."name", EXCLUDED."name")',
-            (new_id(), did, name, instance_url, public_key, now, now),
+            'INSERT INTO "Actor" ("id", "did", "name", "type", "instanceUrl", "metadata", "verified", "trusted", '
+            '"discoveredAt", "lastSeenAt") VALUES (%s, %s, %s, \'USER\', %s, %s::jsonb, true, false, %s, %s) '
+            'ON CONFLICT ("did") DO UPDATE SET "name" = EXCLUDED."name", "metadata" = EXCLUDED."metadata", '
+            '"lastSeenAt" = EXCLUDED."lastSeenAt"',
+            (new_id(), did, profile["actorName"], profile["profileUrl"], metadata, now, now),
         )
 
     def cached_key(self, key_id: str) -> dict[str, Any] | None:
@@ -320,13 +360,15 @@ class Database:
         )
 
     def store_key(self, key_id: str, public_key_b64: str, actor_did: str, expires_at: datetime) -> None:
+        """The hub's ``httpSignature.upsert``: a new key untrusted, no ``lastUsed``; a known one gets
+        the key, a new expiry and ``lastUsed`` (its ``actorDid`` stays)."""
         now = utcnow()
         self.execute(
             'INSERT INTO "HttpSignature" ("id", "keyId", "publicKey", "actorDid", "createdAt", "updatedAt", '
-            '"lastUsed", "expiresAt") VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT ("keyId") DO UPDATE SET '
-            '"publicKey" = EXCLUDED."publicKey", "actorDid" = EXCLUDED."actorDid", "updatedAt" = EXCLUDED."updatedAt", '
-            '"lastUsed" = EXCLUDED."lastUsed", "expiresAt" = EXCLUDED."expiresAt"',
-            (new_id(), key_id, public_key_b64, actor_did, now, now, now, expires_at),
+            '"trusted", "expiresAt") VALUES (%s, %s, %s, %s, %s, %s, false, %s) ON CONFLICT ("keyId") DO UPDATE SET '
+            '"publicKey" = EXCLUDED."publicKey", "updatedAt" = EXCLUDED."updatedAt", "lastUsed" = %s, '
+            '"expiresAt" = EXCLUDED."expiresAt"',
+            (new_id(), key_id, public_key_b64, actor_did, now, now, expires_at, now),
         )
 
     def touch_key(self, key_id: str) -> None:
@@ -341,21 +383,51 @@ class Database:
         )
 
     def upsert_membership(
-        self, ring_id: str, actor_did: str, role_id: str, status: str, message: str | None, metadata: Any
+        self,
+        ring_id: str,
+        actor_did: str,
+        role_id: str,
+        status: str,
+        message: str | None,
+        metadata: Any,
+        profile: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The join's ``membership.upsert`` (unique on ring + actor). A new row gets ``message`` and
+        ``metadata`` as sent; an existing one (a re-join) gets ``message`` or NULL, ``metadata`` or
+        ``{}``, ``joinedAt`` now (ACTIVE) or NULL. ``profile`` fields are written in both cases,
+        those the schema has columns for."""
         now = utcnow()
         joined = now if status == "ACTIVE" else None
-        meta = json.dumps(metadata) if metadata is not None else None
+        fields = dict(profile or {})
+        present = self.columns("Membership") if fields else frozenset()
+        extra = [name for name in fields if name in present]
+        skipped = sorted(set(fields) - set(extra))
+        if skipped:
+            LOG.info("the Membership table has no %s column(s): not written", ", ".join(skipped))
+        columns = '"id", "ringId", "actorDid", "roleId", "status", "joinedAt", "updatedAt", "applicationMessage", '
+        columns += '"metadata"' + "".join(f', "{name}"' for name in extra)
+        values = '%s, %s, %s, %s, %s::"MembershipStatus", %s, %s, %s, %s::jsonb' + ", %s" * len(extra)
+        updates = "".join(f', "{name}" = EXCLUDED."{name}"' for name in extra)
         row = self.one(
-            'INSERT INTO "Membership" ("id", "ringId", "actorDid", "roleId", "status", "joinedAt", "updatedAt", '
-            '"applicationMessage", "metadata") VALUES (%s, %s, %s, %s, %s::"MembershipStatus", %s, %s, %s, %s::jsonb) '
+            f'INSERT INTO "Membership" ({columns}) VALUES ({values}) '
             'ON CONFLICT ("ringId", "actorDid") DO UPDATE SET "status" = EXCLUDED."status", '
-            '"roleId" = EXCLUDED."roleId", '
-            '"joinedAt" = COALESCE(EXCLUDED."joinedAt", "Membership"."joinedAt"), "updatedAt" = EXCLUDED."updatedAt", '
-            '"applicationMessage" = COALESCE(EXCLUDED."applicationMessage", "Membership"."applicationMessage"), '
-            '"metadata" = COALESCE(EXCLUDED."metadata", "Membership"."metadata") '
+            '"roleId" = EXCLUDED."roleId", "joinedAt" = EXCLUDED."joinedAt", "updatedAt" = EXCLUDED."updatedAt", '
+            '"applicationMessage" = %s, "metadata" = %s::jsonb' + updates + " "
             'RETURNING "id", "joinedAt", "status"',
-            (new_id(), ring_id, actor_did, role_id, status, joined, now, message, meta),
+            (
+                new_id(),
+                ring_id,
+                actor_did,
+                role_id,
+                status,
+                joined,
+                now,
+                message,
+                json.dumps(metadata) if metadata is not None else None,
+                *(fields[name] for name in extra),
+                message or None,
+                json.dumps(metadata or {}),
+            ),
         )
         assert row is not None
         return row
@@ -460,9 +532,13 @@ class Cache:
 
     A connection the server closed (``CLIENT KILL``, a Redis restart, an idle timeout)
     is reopened and the command sent once more (redis-py's retry, on connection and
-    timeout errors only); ``FLUSHALL`` only empties the cache, so the next lookup
-    fetches again.
+    timeout errors); a connection closed again while it is being set up (redis-py sends
+    ``CLIENT SETINFO`` outside its retry) is tried afresh, up to ``ATTEMPTS`` times in
+    all, as ioredis (the hub's client) reconnects and replays its queued commands.
+    ``FLUSHALL`` only empties the cache, so the next lookup fetches again.
     """
+
+    ATTEMPTS = 3
 
     def __init__(self, redis_url: str, timeout: float = 2.0) -> None:
         self.client = redis.Redis.from_url(
@@ -474,12 +550,22 @@ class Cache:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
+    def _call(self, command: Callable[[], Any]) -> Any:
+        """Run one command, again on a fresh connection when the connection dies while it is made."""
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                return command()
+            except redis.ConnectionError:
+                if attempt == self.ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
     def ping(self) -> None:
-        self.client.ping()
+        self._call(self.client.ping)
 
     def get_json(self, key: str) -> Any:
         try:
-            raw = self.client.get(key)
+            raw = self._call(lambda: self.client.get(key))
         except redis.RedisError as exc:
             LOG.warning("redis get failed: %s", type(exc).__name__)
             return None
@@ -490,11 +576,17 @@ class Cache:
         except ValueError:
             return None
 
+    def delete(self, key: str) -> None:
+        try:
+            self._call(lambda: self.client.delete(key))
+        except redis.RedisError as exc:
+            LOG.warning("redis del failed: %s", type(exc).__name__)
+
     def set_json(self, key: str, value: Any, ttl: int) -> None:
         if ttl <= 0:
             return
         try:
-            self.client.set(key, json.dumps(value), ex=ttl)
+            self._call(lambda: self.client.set(key, json.dumps(value), ex=ttl))
         except redis.RedisError as exc:
             LOG.warning("redis set failed: %s", type(exc).__name__)
 
