@@ -22,13 +22,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import (
     _OTHER_SESSIONS_SQL,
     LOCK_CLASSID,
     LOCK_OBJID,
-    PRISMA_MIGRATIONS_DDL,
     RESET_LOCK_KEY,
 )
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import PRISMA_MIGRATIONS_DDL
 from harness.ansible import run_module, run_playbook
 from harness.datagen import seed_hub_data
 from harness.pg import apply_migrations_with_psql, schema_dump
