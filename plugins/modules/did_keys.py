@@ -301,6 +301,12 @@ conflicts:
   sample:
     - file: /srv/ringhub/.env
       problem: RING_HUB_PRIVATE_KEY holds raw PEM text instead of base64 of the PEM text
+nothing_changed:
+  description:
+    - On failure, V(true) when no file was written (the module refused before writing, for example a key file that
+      is not an Ed25519 key, a different key without O(regenerate=always), or a conflict under O(regenerate=fail)).
+  returned: on failure, when nothing was changed
+  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module

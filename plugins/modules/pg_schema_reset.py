@@ -468,6 +468,19 @@ seconds:
   returned: success
   type: dict
   sample: {connect: 0.01, lock: 0.001, preflight: 0.2, backup: 0.4, reset: 0.3, total: 0.911}
+nothing_changed:
+  description:
+    - On failure, V(true) when the database is as it was (every failure before the C(COMMIT), and a C(COMMIT)
+      PostgreSQL answered with an error). The message then ends with C(nothing was changed).
+  returned: on failure, when nothing was changed
+  type: bool
+outcome_unknown:
+  description:
+    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke): the new schema
+      may or may not be in place. The message says the outcome is unknown; look at the schema and
+      C(_prisma_migrations) before running the reset again.
+  returned: on failure, when the COMMIT got no answer
+  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module

@@ -183,6 +183,12 @@ seconds:
   description: Wall-clock seconds the module spent connecting, checking, deleting and counting.
   returned: always
   type: float
+nothing_changed:
+  description:
+    - On failure, V(true) when no key was deleted (the failure came before the first deleting command, for example
+      a renamed or denied command found by the permission check, or the run was in check mode).
+  returned: on failure, when nothing was changed
+  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module

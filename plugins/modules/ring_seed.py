@@ -181,6 +181,10 @@ connection:
   description: Where the module connected (password masked).
   returned: always
   type: dict
+nothing_changed:
+  description: On failure, V(true) when no row was written (the seed's transaction was rolled back or never began).
+  returned: on failure, when nothing was changed
+  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module

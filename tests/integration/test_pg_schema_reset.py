@@ -1130,3 +1130,20 @@ def test_prisma_migrations_has_the_columns_prisma_migrate_creates(pg_db, fixture
         "WHERE i.indrelid = 'public._prisma_migrations'::regclass AND i.indisprimary"
     )
     assert primary_key == [("id",)]
+
+
+def test_warnings_gathered_before_a_failure_are_reported_with_it(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
+    last = last_migration(migrations)
+    last.write_text(last.read_text() + "\nSELECT no_such_function();\n")
+    args = args_for(pg_db, migrations)  # backup: false warns in the preflight
+    args["database_url"] += "&frobnicate=1"  # unknown to libpq: warned about when the URL is parsed
+    res = run_module("pg_schema_reset", args)
+    assert res.failed and "no_such_function" in res.msg and res.result["nothing_changed"] is True
+    warnings = res.result["warnings"]
+    assert any("backup is false" in w for w in warnings)
+    assert any("'frobnicate' is unknown to libpq" in w for w in warnings)
+    assert res.result["connection"]["database"] == pg_db.name and {"preflight", "reset"} <= set(res.result["seconds"])
+    assert_untouched(pg_db, before)
