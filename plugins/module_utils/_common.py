@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The runner every module's ``main()`` uses, its result and error types, secret masking.
 
-A module is its documentation and three lines of ``main()``; the work is a pure
-function in module_utils that takes parameters and returns an ``Outcome``::
+A module is its documentation and one call in ``main()``; the work is a pure
+function in module_utils that takes the parameters and returns an ``Outcome``::
 
     # plugins/module_utils/_greeting.py
     from ansible_collections.threadring.ringhub.plugins.module_utils._common import NothingChanged, Outcome
@@ -14,26 +14,33 @@ function in module_utils that takes parameters and returns an ``Outcome``::
         return dict(
             path=dict(type="path", required=True),
             style=dict(type="str", default="plain", choices=list(STYLES)),
-            hub_url=dict(type="str", no_log=True),  # a URL with a password: the runner registers the password
+            hub_url=dict(type="str", no_log=True),  # a URL that may carry a password
         )
 
+    MODULE_OPTIONS: dict[str, Any] = dict(required_if=[("style", "loud", ("hub_url",))])
+
     def greet(params: dict[str, Any], check_mode: bool) -> Outcome:
-        if not os.path.isdir(os.path.dirname(params["path"])):
-            raise NothingChanged(f"the directory of {params['path']} does not exist")  # "...; nothing was changed"
-        before = read_greeting(params["path"])
-        after = "HELLO" if params["style"] == "loud" else "hello"
+        path = params["path"]
+        if not os.path.isdir(os.path.dirname(path)):
+            raise NothingChanged(f"the directory of {path} does not exist", path=path)  # "...; nothing was changed"
+        before = open(path).read() if os.path.exists(path) else ""
+        after = "HELLO\n" if params["style"] == "loud" else "hello\n"
         if before != after and not check_mode:
-            write_greeting(params["path"], after)
-        warnings = ["the greeting was empty"] if not before else []
-        return Outcome(changed=before != after, result={"greeting": after}, warnings=warnings,
-                       diff={"before": before, "after": after})
+            with open(path, "w") as fh:
+                fh.write(after)
+        return Outcome(changed=before != after, result={"path": path, "greeting": after.strip()},
+                       warnings=[] if before else [f"{path} was empty"], diff={"before": before, "after": after})
 
     # plugins/modules/greeting.py (DOCUMENTATION, EXAMPLES, RETURN above)
     from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
-    from ansible_collections.threadring.ringhub.plugins.module_utils._greeting import argument_spec, greet
+    from ansible_collections.threadring.ringhub.plugins.module_utils import _greeting
 
     def main() -> None:
-        run_as_module(argument_spec(), lambda module: greet(module.params, module.check_mode))
+        run_as_module(
+            _greeting.argument_spec(),
+            lambda module: _greeting.greet(module.params, module.check_mode),
+            **_greeting.MODULE_OPTIONS,
+        )
 
 ``run_as_module()`` builds the ``AnsibleModule`` (check mode supported), fails at
 once when a required library is missing, registers the passwords inside no_log
