@@ -36,13 +36,14 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._common import 
 
 try:
     import psycopg2
-    from psycopg2 import sql
-    from psycopg2.extensions import parse_dsn
+    import psycopg2.extensions
+    import psycopg2.sql
 
+    sql = psycopg2.sql  # identifiers and composed SQL for every PostgreSQL module
     HAS_PSYCOPG2 = True
     PSYCOPG2_IMPORT_ERROR: str | None = None
 except ImportError:  # pragma: no cover - exercised only without the library
-    psycopg2 = sql = parse_dsn = None
+    psycopg2 = sql = None
     HAS_PSYCOPG2 = False
     PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
 
@@ -275,7 +276,7 @@ def parse_database_url(url: str, schema: str | None = None) -> ConnSpec:
         authority = f"{credentials}@{authority}"
     query = urlencode(kept, quote_via=quote)
     try:
-        dsn = parse_dsn(f"postgresql://{authority}{parts.path}" + (f"?{query}" if query else ""))
+        dsn = psycopg2.extensions.parse_dsn(f"postgresql://{authority}{parts.path}" + (f"?{query}" if query else ""))
     except psycopg2.Error:
         # libpq's message quotes the URI (and so the password): it is not passed on.
         raise RingHubError(f"database_url {masked} does not parse as a PostgreSQL URI ({ENCODE_HINT})") from None

@@ -476,8 +476,8 @@ nothing_changed:
   type: bool
 outcome_unknown:
   description:
-    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke): the new schema
-      may or may not be in place. The message says the outcome is unknown; look at the schema and
+    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke), so the new
+      schema may or may not be in place. The message says the outcome is unknown; look at the schema and
       C(_prisma_migrations) before running the reset again.
   returned: on failure, when the COMMIT got no answer
   type: bool

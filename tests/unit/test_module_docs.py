@@ -78,3 +78,12 @@ def test_choices_and_defaults_are_the_module_utils_constants() -> None:
     assert _pg_reset.argument_spec()["root_ring"]["options"] == _ring_seed.seed_argument_spec()
     ring_seed = _ring_seed.argument_spec()
     assert {k: ring_seed[k] for k in _ring_seed.seed_argument_spec()} == _ring_seed.seed_argument_spec()
+
+
+@pytest.mark.parametrize("module_name", sorted(MODULES))
+def test_return_and_examples_are_yaml_and_document_the_failure_flag(module_name: str) -> None:
+    module = importlib.import_module(f"{COLLECTION}.modules.{module_name}")
+    returned = yaml.safe_load(module.RETURN)
+    yaml.safe_load(module.EXAMPLES)
+    if module_name != "audit_log":  # audit_log raises no NothingChanged
+        assert returned["nothing_changed"]["type"] == "bool"
