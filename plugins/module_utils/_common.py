@@ -36,11 +36,8 @@ function in module_utils that takes the parameters and returns an ``Outcome``::
     from ansible_collections.threadring.ringhub.plugins.module_utils import _greeting
 
     def main() -> None:
-        run_as_module(
-            _greeting.argument_spec(),
-            lambda module: _greeting.greet(module.params, module.check_mode),
-            **_greeting.MODULE_OPTIONS,
-        )
+        run_as_module(_greeting.argument_spec(), lambda m: _greeting.greet(m.params, m.check_mode),
+                      **_greeting.MODULE_OPTIONS)
 
 ``run_as_module()`` builds the ``AnsibleModule`` (check mode supported), fails at
 once when a required library is missing, registers the passwords inside no_log
@@ -207,7 +204,8 @@ def run_as_module(
     """Run one module: the whole of a ``main()``. See the module docstring and docs/module_contract.md.
 
     ``module_options`` go to ``AnsibleModule`` (``mutually_exclusive``, ``required_if``,
-    ``add_file_common_args``...). ``secret_env`` names environment variables that
+    ``add_file_common_args``...); a module keeps them, with ``libraries`` and
+    ``secret_env``, in its ``MODULE_OPTIONS``. ``secret_env`` names environment variables that
     may hold a URL the work reads (``DATABASE_URL``): their passwords are
     registered like those of no_log URL options.
     """

@@ -84,7 +84,9 @@ def argument_spec() -> dict[str, Any]:
     )
 
 
-MODULE_OPTIONS: dict[str, Any] = dict(required_by={"instance_document": "hub_url"}, add_file_common_args=True)
+MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[_ed25519.CRYPTOGRAPHY], required_by={"instance_document": "hub_url"}, add_file_common_args=True
+)
 
 
 def keep_keys(params: dict[str, Any], files: Files, now: datetime.datetime | None = None) -> Outcome:

@@ -376,6 +376,15 @@ def connect(spec: ConnSpec, application_name: str = "threadring.ringhub", autoco
     return conn
 
 
+def rollback_quietly(conn: Any) -> None:
+    """Roll back ``conn``'s transaction if the connection is still open; a failure to do so is ignored."""
+    if conn is not None and not conn.closed:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            pass
+
+
 # -- the environment marker ------------------------------------------------------------
 # A line ``ringhub.environment=<name>`` in the database's comment (COMMENT ON DATABASE).
 # It lives in the shared catalog pg_shdescription: it survives DROP SCHEMA, is part of

@@ -42,12 +42,15 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._common import 
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     MARKER_KEY,
+    PSYCOPG2,
+    URL_ENV,
     ConnSpec,
     connect,
     pg_argument_spec,
     pg_error_text,
     pg_mutually_exclusive,
     psycopg2,
+    rollback_quietly,
     spec_from_params,
     where,
 )
@@ -74,10 +77,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations 
     prepare_migrations,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import Progress
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import (
-    ResetTransaction,
-    TransactionPlan,
-)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import ResetTransaction
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
     RingSeeder,
     RootRing,
@@ -114,6 +114,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
 
 
 MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[PSYCOPG2],
+    secret_env=[URL_ENV],
     mutually_exclusive=[*pg_mutually_exclusive(), ["migrations_dir", "sql_files"]],
     required_one_of=[["migrations_dir", "sql_files"]],
     required_if=[("backup", True, ["backup_dir"])],
@@ -491,19 +493,9 @@ class SchemaReset:
 
     def transaction(self) -> dict[str, Any]:
         """The one transaction (``_pg_transaction``), with what the preflight found."""
-        opts = self.opts
-        plan = TransactionPlan(
-            schema=opts.schema,
-            migrations=self.migrations,
-            migrations_role=self.migrations_role,
-            preflight_marker=self.preflight_marker,
-            lock_timeout=opts.lock_timeout,
-            terminate_sessions=opts.terminate_sessions,
-            allow_outside_drops=opts.allow_outside_drops,
-            expected_environment=opts.expected_environment,
-            root_ring=opts.root_ring,
+        transaction = ResetTransaction(
+            self.conn, self.spec, self.opts, self.migrations, self.migrations_role, self.state
         )
-        transaction = ResetTransaction(self.conn, self.spec, plan, self.state)
         try:
             out = transaction.run()
         finally:
@@ -531,7 +523,7 @@ class SchemaReset:
         except psycopg2.Error as exc:
             raise RingHubError(f"the backup transaction failed: {pg_error_text(exc, self.spec)}") from None
         finally:
-            self._rollback()
+            rollback_quietly(self.conn)
             if not conn.closed:
                 conn.autocommit = True
         info["rows"] = rows
@@ -542,17 +534,10 @@ class SchemaReset:
         result["summary"] = summary_line(result, self.opts.check_mode)
         return result
 
-    def _rollback(self) -> None:
-        if self.conn is not None and not self.conn.closed:
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                pass
-
     def close(self) -> None:
         if self.conn is not None and not self.conn.closed:
             try:
-                self._rollback()
+                rollback_quietly(self.conn)
                 self.conn.autocommit = True
                 if self.locked:
                     with self.conn.cursor() as cur:

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
     NothingChanged,
@@ -36,6 +35,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     marked_comment,
     pg_error_text,
     psycopg2,
+    rollback_quietly,
     sql,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import (
@@ -52,6 +52,9 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed impo
     RootRing,
     missing_tables,
 )
+
+if TYPE_CHECKING:  # the options of the module; _pg_reset imports this file
+    from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import ResetOptions
 
 PRISMA_MIGRATIONS_TABLE = "_prisma_migrations"
 PRISMA_MIGRATIONS_DDL = """CREATE TABLE "_prisma_migrations" (
@@ -77,21 +80,6 @@ DEFAULT_ACL_PRIVILEGES = {
 LOCK_NOT_AVAILABLE = "55P03"
 
 
-@dataclass
-class TransactionPlan:
-    """What the transaction needs from the preflight."""
-
-    schema: str
-    migrations: list[Migration]
-    migrations_role: str
-    preflight_marker: str | None
-    lock_timeout: str
-    terminate_sessions: bool = True
-    allow_outside_drops: bool = False
-    expected_environment: str | None = None
-    root_ring: RootRing | None = None
-
-
 def utc_iso(value: datetime.datetime) -> str:
     return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
@@ -108,10 +96,21 @@ def line_of(text: str, position: str | None) -> int | None:
 class ResetTransaction:
     """Drop and recreate one schema on ``conn`` in one transaction; ``run()`` commits or raises."""
 
-    def __init__(self, conn: Any, spec: ConnSpec, plan: TransactionPlan, state: SchemaState) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        spec: ConnSpec,
+        opts: ResetOptions,
+        migrations: list[Migration],
+        migrations_role: str,
+        state: SchemaState,
+    ) -> None:
         self.conn = conn
         self.spec = spec
-        self.plan = plan
+        self.opts = opts
+        self.migrations = migrations
+        self.migrations_role = migrations_role
+        self.preflight_marker = state.marker
         self.state = state  # the preflight's; replaced by the transaction's own reading
         self.warnings: list[str] = []
         self.seed_warnings: list[str] = []
@@ -120,48 +119,48 @@ class ResetTransaction:
 
     def run(self) -> dict[str, Any]:
         """The transaction; its facts (``terminated_sessions``, ``dropped_tables``, ``applied``, ...)."""
-        plan, conn = self.plan, self.conn
+        opts, conn = self.opts, self.conn
         conn.autocommit = False
         out: dict[str, Any] = {}
         step = "start the transaction"
         try:
             with conn.cursor() as cur:
                 step = "set lock_timeout"
-                cur.execute("SELECT set_config('lock_timeout', %s, true)", (plan.lock_timeout.strip(),))
-                if plan.terminate_sessions:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (opts.lock_timeout.strip(),))
+                if opts.terminate_sessions:
                     step = "terminate other sessions"
                     out["terminated_sessions"] = self._terminate_others(cur)
                 step = "record the existing tables"
-                state = self.state = read_state(cur, plan.schema)
+                state = self.state = read_state(cur, opts.schema)
                 self._recheck(state)
-                out["dropped_tables"] = count_rows(cur, plan.schema, state.tables)
-                step = f"DROP SCHEMA {plan.schema} CASCADE"
-                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plan.schema)))
-                step = f"CREATE SCHEMA {plan.schema}"
+                out["dropped_tables"] = count_rows(cur, opts.schema, state.tables)
+                step = f"DROP SCHEMA {opts.schema} CASCADE"
+                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(opts.schema)))
+                step = f"CREATE SCHEMA {opts.schema}"
                 self._recreate_schema(cur, state)
                 step = "apply migrations"
                 out["applied"] = self._apply(cur)
-                if plan.root_ring is not None:
+                if opts.root_ring is not None:
                     # Still as migrations_role, the owner of the tables just created.
                     step = "seed the root ring"
-                    out["root_ring"] = self._seed_root_ring(cur, plan.root_ring)
+                    out["root_ring"] = self._seed_root_ring(cur, opts.root_ring)
                 cur.execute("RESET ROLE")
-                if plan.expected_environment is not None and state.marker is None:
+                if opts.expected_environment is not None and state.marker is None:
                     step = "set the environment marker"
                     cur.execute(
                         sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(state.database)),
-                        (marked_comment(state.database_comment, plan.expected_environment),),
+                        (marked_comment(state.database_comment, opts.expected_environment),),
                     )
                     out["marked"] = True
             self._commit()
         except (NothingChanged, OutcomeUnknown):
-            self._rollback()
+            rollback_quietly(self.conn)
             raise
         except RingHubError as exc:
-            self._rollback()
+            rollback_quietly(self.conn)
             raise RolledBack.from_error(exc) from None
         except psycopg2.Error as exc:
-            self._rollback()
+            rollback_quietly(self.conn)
             raise self._step_error(step, exc) from None
         finally:
             if not conn.closed:
@@ -171,15 +170,15 @@ class ResetTransaction:
     # -- inside the transaction ------------------------------------------------------------
     def _recheck(self, state: SchemaState) -> None:
         """What the preflight allowed must still hold now that the schema is read under the transaction."""
-        plan = self.plan
-        if state.outside and not plan.allow_outside_drops:
+        opts = self.opts
+        if state.outside and not opts.allow_outside_drops:
             raise RolledBack(
-                f"DROP SCHEMA {plan.schema} CASCADE would also drop objects in other schemas: "
+                f"DROP SCHEMA {opts.schema} CASCADE would also drop objects in other schemas: "
                 f"{', '.join(state.outside)}"
             )
-        if state.marker != plan.preflight_marker:
+        if state.marker != self.preflight_marker:
             raise RolledBack(
-                f"the environment marker changed during the reset ({plan.preflight_marker!r} -> {state.marker!r})"
+                f"the environment marker changed during the reset ({self.preflight_marker!r} -> {state.marker!r})"
             )
 
     def _terminate_others(self, cur: Any) -> list[dict[str, Any]]:
@@ -206,7 +205,7 @@ class ResetTransaction:
         return out
 
     def _recreate_schema(self, cur: Any, state: SchemaState) -> None:
-        schema = sql.Identifier(self.plan.schema)
+        schema = sql.Identifier(self.opts.schema)
         owner = state.schema_owner or state.current_user
         cur.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, sql.Identifier(owner)))
         if state.schema_comment is not None:
@@ -230,8 +229,8 @@ class ResetTransaction:
                 )
             )  # fmt: skip
         # The restored privileges must be exactly the old ones.
-        acl = read_schema_acl(cur, self.plan.schema)
-        default_acl = read_default_acl(cur, self.plan.schema)
+        acl = read_schema_acl(cur, self.opts.schema)
+        default_acl = read_default_acl(cur, self.opts.schema)
         if sorted(acl) != sorted(state.schema_acl) or sorted(default_acl) != sorted(state.default_acl):
             raise RolledBack(
                 f"the privileges of the recreated schema differ from the old ones (old {state.schema_acl} / "
@@ -239,12 +238,12 @@ class ResetTransaction:
             )
 
     def _apply(self, cur: Any) -> list[dict[str, Any]]:
-        cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.plan.schema)))
-        if self.plan.migrations_role and self.plan.migrations_role != self.state.current_user:
-            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.plan.migrations_role)))
+        cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.opts.schema)))
+        if self.migrations_role and self.migrations_role != self.state.current_user:
+            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.migrations_role)))
         cur.execute(PRISMA_MIGRATIONS_DDL)
         applied = []
-        for migration in self.plan.migrations:
+        for migration in self.migrations:
             cur.execute("SELECT clock_timestamp()")
             started = cur.fetchone()[0]
             try:
@@ -270,7 +269,7 @@ class ResetTransaction:
 
     def _seed_root_ring(self, cur: Any, ring: RootRing) -> dict[str, Any]:
         """ring_seed's own seed, on the reset's cursor, inside the reset transaction."""
-        schema = self.plan.schema
+        schema = self.opts.schema
         missing = missing_tables(cur, schema)
         if missing:
             raise RolledBack(
@@ -314,10 +313,10 @@ class ResetTransaction:
         if sqlstate == LOCK_NOT_AVAILABLE:
             hint = (
                 f". Another session holds a lock on the schema's objects longer than lock_timeout "
-                f"({self.plan.lock_timeout}): "
+                f"({self.opts.lock_timeout}): "
                 + (
                     "it could not be terminated (see the warnings); stop it or raise lock_timeout"
-                    if self.plan.terminate_sessions
+                    if self.opts.terminate_sessions
                     else "stop the hub (or set terminate_sessions: true) or raise lock_timeout"
                 )
             )
@@ -348,13 +347,6 @@ class ResetTransaction:
                 step="COMMIT",
                 sqlstate=sqlstate,
             ) from None
-
-    def _rollback(self) -> None:
-        if self.conn is not None and not self.conn.closed:
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                pass
 
 
 def _grantee(grantee: str) -> Any:

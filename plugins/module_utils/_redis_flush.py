@@ -37,6 +37,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._common import 
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._redis import (
     HAS_REDIS,
+    REDIS,
     REDIS_MUTUALLY_EXCLUSIVE,
     REDIS_REQUIRED_TOGETHER,
     RedisConnection,
@@ -77,6 +78,7 @@ def argument_spec() -> dict[str, Any]:
 
 
 MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[REDIS],
     mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
     required_together=REDIS_REQUIRED_TOGETHER,
     required_if=[("mode", "pattern", ("patterns",))],

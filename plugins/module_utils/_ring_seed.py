@@ -42,6 +42,8 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._common import 
     nothing_changed_on_failure,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
+    PSYCOPG2,
+    URL_ENV,
     ConnSpec,
     connect,
     pg_argument_spec,
@@ -116,7 +118,9 @@ def argument_spec() -> dict[str, dict[str, Any]]:
     return spec
 
 
-MODULE_OPTIONS: dict[str, Any] = dict(mutually_exclusive=pg_mutually_exclusive())
+MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[PSYCOPG2], secret_env=[URL_ENV], mutually_exclusive=pg_mutually_exclusive()
+)
 
 
 def seed_root_ring(params: dict[str, Any], check_mode: bool) -> Outcome:

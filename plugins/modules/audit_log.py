@@ -108,7 +108,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._files import F
 
 
 def main() -> None:
-    run_as_module(argument_spec(), lambda module: append_event(module.params, Files(module)), **MODULE_OPTIONS)
+    run_as_module(argument_spec(), lambda m: append_event(m.params, Files(m)), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

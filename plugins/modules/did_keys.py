@@ -226,6 +226,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when no file was written (the module refused before writing, for example a key file that
+      is not an Ed25519 key, a different key without O(regenerate=always), or a conflict under O(regenerate=fail)).
+  returned: on failure, when nothing was changed
+  type: bool
 did:
   description: The instance DID, C(did:web:<hostname of hub_url>).
   returned: when O(hub_url) is given
@@ -301,12 +307,6 @@ conflicts:
   sample:
     - file: /srv/ringhub/.env
       problem: RING_HUB_PRIVATE_KEY holds raw PEM text instead of base64 of the PEM text
-nothing_changed:
-  description:
-    - On failure, V(true) when no file was written (the module refused before writing, for example a key file that
-      is not an Ed25519 key, a different key without O(regenerate=always), or a conflict under O(regenerate=fail)).
-  returned: on failure, when nothing was changed
-  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
@@ -315,17 +315,11 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._did_keys impor
     argument_spec,
     keep_keys,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._ed25519 import CRYPTOGRAPHY
 from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
 
 
 def main() -> None:
-    run_as_module(
-        argument_spec(),
-        lambda module: keep_keys(module.params, Files(module)),
-        libraries=[CRYPTOGRAPHY],
-        **MODULE_OPTIONS,
-    )
+    run_as_module(argument_spec(), lambda m: keep_keys(m.params, Files(m)), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

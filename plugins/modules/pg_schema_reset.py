@@ -302,6 +302,19 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when the database is as it was (every failure before the C(COMMIT), and a C(COMMIT)
+      PostgreSQL answered with an error). The message then ends with C(nothing was changed).
+  returned: on failure, when nothing was changed
+  type: bool
+outcome_unknown:
+  description:
+    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke), so the new
+      schema may or may not be in place. The message says the outcome is unknown; look at the schema and
+      C(_prisma_migrations) before running the reset again.
+  returned: on failure, when the COMMIT got no answer
+  type: bool
 connection:
   description: Where the module connected (password masked, Prisma-only parameters removed).
   returned: always
@@ -468,23 +481,9 @@ seconds:
   returned: success
   type: dict
   sample: {connect: 0.01, lock: 0.001, preflight: 0.2, backup: 0.4, reset: 0.3, total: 0.911}
-nothing_changed:
-  description:
-    - On failure, V(true) when the database is as it was (every failure before the C(COMMIT), and a C(COMMIT)
-      PostgreSQL answered with an error). The message then ends with C(nothing was changed).
-  returned: on failure, when nothing was changed
-  type: bool
-outcome_unknown:
-  description:
-    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke), so the new
-      schema may or may not be in place. The message says the outcome is unknown; look at the schema and
-      C(_prisma_migrations) before running the reset again.
-  returned: on failure, when the COMMIT got no answer
-  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import PSYCOPG2, URL_ENV
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
     MODULE_OPTIONS,
     argument_spec,
@@ -493,13 +492,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset impor
 
 
 def main() -> None:
-    run_as_module(
-        argument_spec(),
-        lambda module: reset_schema(module.params, module.check_mode),
-        libraries=[PSYCOPG2],
-        secret_env=[URL_ENV],
-        **MODULE_OPTIONS,
-    )
+    run_as_module(argument_spec(), lambda m: reset_schema(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

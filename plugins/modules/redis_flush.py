@@ -110,6 +110,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when no key was deleted (the failure came before the first deleting command, for example
+      a renamed or denied command found by the permission check, or the run was in check mode).
+  returned: on failure, when nothing was changed
+  type: bool
 mode:
   description: The mode that ran.
   returned: always
@@ -183,16 +189,9 @@ seconds:
   description: Wall-clock seconds the module spent connecting, checking, deleting and counting.
   returned: always
   type: float
-nothing_changed:
-  description:
-    - On failure, V(true) when no key was deleted (the failure came before the first deleting command, for example
-      a renamed or denied command found by the permission check, or the run was in check mode).
-  returned: on failure, when nothing was changed
-  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
-from ansible_collections.threadring.ringhub.plugins.module_utils._redis import REDIS
 from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush import (
     MODULE_OPTIONS,
     argument_spec,
@@ -201,12 +200,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush im
 
 
 def main() -> None:
-    run_as_module(
-        argument_spec(),
-        lambda module: flush_redis(module.params, module.check_mode),
-        libraries=[REDIS],
-        **MODULE_OPTIONS,
-    )
+    run_as_module(argument_spec(), lambda m: flush_redis(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description: On failure, V(true) when no row was written (the seed's transaction was rolled back or never began).
+  returned: on failure, when nothing was changed
+  type: bool
 ring:
   description: The root ring after the run (C(id) is null when check mode would create it).
   returned: success
@@ -181,14 +185,9 @@ connection:
   description: Where the module connected (password masked).
   returned: always
   type: dict
-nothing_changed:
-  description: On failure, V(true) when no row was written (the seed's transaction was rolled back or never began).
-  returned: on failure, when nothing was changed
-  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import PSYCOPG2, URL_ENV
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
     MODULE_OPTIONS,
     argument_spec,
@@ -197,13 +196,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed impo
 
 
 def main() -> None:
-    run_as_module(
-        argument_spec(),
-        lambda module: seed_root_ring(module.params, module.check_mode),
-        libraries=[PSYCOPG2],
-        secret_env=[URL_ENV],
-        **MODULE_OPTIONS,
-    )
+    run_as_module(argument_spec(), lambda m: seed_root_ring(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":
