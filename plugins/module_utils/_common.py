@@ -253,6 +253,7 @@ class _UrlParts(NamedTuple):
     user: str
     password: str | None  # None: no password in the userinfo
     tail: str  # what follows the userinfo's "@" (or the whole rest without userinfo)
+    cut_short: bool = False  # an unencoded / ? # in the password ended the authority before its "@"
 
 
 _PASSWORD_PARAM_RE = re.compile(r"([?&](?:password|sslpassword)=)[^&#]*")
@@ -280,19 +281,30 @@ def split_url(url: str) -> _UrlParts | None:
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
         return None
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    later_at = "@" in rest[len(netloc) :]
     if "@" in netloc:
-        userinfo, _at, hostinfo = netloc.rpartition("@")
-        tail = hostinfo + rest[len(netloc) :]
+        # "u:p@ss:w/rd@host": the authority "u:p@ss:w" ends in no valid port, so the password goes on.
+        cut_short = later_at and not _valid_port(netloc.rpartition("@")[2])
     else:
         try:
-            outside = userinfo_outside_netloc(urlsplit(url))
+            cut_short = userinfo_outside_netloc(urlsplit(url))
         except ValueError:
-            outside = False
-        if not outside:
+            cut_short = False
+        if not cut_short:
             return _UrlParts(head + sep, "", None, rest)
+    if cut_short:
         userinfo, _at, tail = rest.rpartition("@")
+    else:
+        userinfo, _at, hostinfo = netloc.rpartition("@")
+        tail = hostinfo + rest[len(netloc) :]
     user, colon, password = userinfo.partition(":")
-    return _UrlParts(head + sep, user, password if colon else None, tail)
+    return _UrlParts(head + sep, user, password if colon else None, tail, cut_short)
+
+
+def _valid_port(hostinfo: str) -> bool:
+    """Whether ``host[:port]`` (``[v6]:port`` too) has no port or a numeric one."""
+    port = hostinfo.rpartition("]")[2] if hostinfo.startswith("[") else hostinfo
+    return ":" not in port or port.rpartition(":")[2].isdigit() or not port.rpartition(":")[2]
 
 
 def mask_url(url: str) -> str:

@@ -91,9 +91,10 @@ MODULE_OPTIONS: dict[str, Any] = dict(
 
 def keep_keys(params: dict[str, Any], files: Files, now: datetime.datetime | None = None) -> Outcome:
     """The did_keys module: plan (reads only), then execute (nothing is written in check mode)."""
-    with nothing_changed_on_failure():
-        p = plan(params, files)
-    with failing_with(p["warnings"]):
+    warnings: list[str] = []
+    with failing_with(warnings):
+        with nothing_changed_on_failure():
+            p = plan(params, files, warnings)
         return execute(p, files, now)
 
 
@@ -152,8 +153,11 @@ def _env_problems(var: str, entries: list[dict[str, Any]], cls: dict[str, Any] |
     return problems
 
 
-def plan(params: dict[str, Any], files: Files) -> dict[str, Any]:
-    """Decide what to do. Reads files only. See the module documentation for ``params``."""
+def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None) -> dict[str, Any]:
+    """Decide what to do. Reads files only. See the module documentation for ``params``.
+
+    Warnings go into ``warnings`` as they arise (so a refusal later in the plan still reports them).
+    """
     _ed25519.require_cryptography()
     regenerate = params.get("regenerate") or "never"
     if regenerate not in REGENERATE_CHOICES:
@@ -163,7 +167,7 @@ def plan(params: dict[str, Any], files: Files) -> dict[str, Any]:
     key_args = files.task_args(path)
     key_attrs = files.differences(key_args)  # Ansible validates owner, group and mode here
     document_mode = params.get("document_mode") or DEFAULT_DOCUMENT_MODE
-    warnings: list[str] = []
+    warnings = [] if warnings is None else warnings
     conflicts: list[dict[str, str]] = []
 
     # ---- the key file and the supplied key

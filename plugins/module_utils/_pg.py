@@ -253,7 +253,8 @@ def parse_database_url(url: str, schema: str | None = None) -> ConnSpec:
         raise RingHubError(f"database_url is not a valid URL ({redact(str(exc))}): {masked}") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise RingHubError(f"database_url must start with postgresql:// or postgres://, got {masked}")
-    if userinfo_outside_netloc(parts):
+    userinfo = split_url(text)
+    if userinfo_outside_netloc(parts) or (userinfo is not None and userinfo.cut_short):
         raise RingHubError(f"database_url {masked} does not parse: {ENCODE_HINT}")
     spec = ConnSpec(source="database_url", masked_url=masked)
     url_schema: str | None = None
@@ -268,7 +269,6 @@ def parse_database_url(url: str, schema: str | None = None) -> ConnSpec:
         if key not in PRISMA_ONLY_PARAMS:
             spec.warnings.append(f"database_url query parameter {key!r} is unknown to libpq; it was ignored")
     authority = parts.netloc.rpartition("@")[2]
-    userinfo = split_url(text)
     if userinfo is not None and "@" in parts.netloc:
         credentials = quote(unquote(userinfo.user), safe="")
         if userinfo.password is not None:

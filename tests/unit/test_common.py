@@ -68,6 +68,7 @@ def test_phase_timer_adds_up_the_time_of_each_phase() -> None:
     [
         ("postgresql://hub:pa/ss-XYZ@db:5432/hub?schema=public", f"postgresql://hub:{MASK}@db:5432/hub?schema=public"),
         ("redis://u:p@ss@h:1/2", f"redis://u:{MASK}@h:1/2"),
+        ("redis://odd:p@ss:w/rd?#%Zq@127.0.0.1:6379/0", f"redis://odd:{MASK}@127.0.0.1:6379/0"),  # cut short
         ("rediss://app:1234?XYZ@h:6380", f"rediss://app:{MASK}@h:6380"),
         ("postgresql://db/hub?sslpassword=k3y&password=pw", f"postgresql://db/hub?sslpassword={MASK}&password={MASK}"),
         ("postgresql://db:5432/hub?application_name=reset@ops", "postgresql://db:5432/hub?application_name=reset@ops"),
@@ -83,6 +84,9 @@ def test_one_masker_for_every_url(url: str, masked: str) -> None:
 def test_url_secrets_are_the_passwords_as_written_and_decoded() -> None:
     assert url_secrets("postgresql://hub:s3cr%40t@db/hub?sslpassword=k%2Fy") == ["s3cr%40t", "k%2Fy", "s3cr@t", "k/y"]
     assert url_secrets("redis://:pa/ss@h") == ["pa/ss"]
+    # An unencoded "/" after an "@" in the password: the whole password, not the piece before the "@".
+    assert url_secrets("redis://odd:p@ss:w/rd?#%Zq@127.0.0.1:6379/0") == ["p@ss:w/rd?#%Zq"]
+    assert url_secrets("postgresql://u:pw@h/db?application_name=ops@host") == ["pw"]
     assert url_secrets("redis://h:6379/0") == [] and url_secrets(None) == [] and url_secrets("not a url") == []
 
 

@@ -340,3 +340,10 @@ def test_plan_failures_say_nothing_was_changed(tmp_path: Path) -> None:
         run(tmp_path)
     assert "left as it is" in err.value.msg and err.value.operator_message.endswith("; nothing was changed")
     assert key_file.read_bytes() == b"not a key"
+
+
+def test_warnings_given_before_a_refusal_go_with_it(tmp_path: Path) -> None:
+    put_key(tmp_path / "key.pem", KEY_A)  # not encrypted: a passphrase for it is warned about
+    with pytest.raises(NothingChanged, match="needs base_url or hub_url") as err:
+        run(tmp_path, passphrase="unused", user_document={"path": str(tmp_path / "u.json"), "id": "u1"})
+    assert len(err.value.warnings) == 1 and "not encrypted" in err.value.warnings[0]
