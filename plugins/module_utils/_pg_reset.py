@@ -182,7 +182,7 @@ def reset_schema(params: dict[str, Any], check_mode: bool) -> Outcome:
         if spec is not None:
             exc.msg = spec.redact(exc.msg)
             exc.add_context(
-                [*spec.warnings, *(reset.warnings if reset else [])],
+                [*spec.warnings, *(reset.warnings if reset else []), *filter(None, [progress.warning])],
                 connection=spec.describe(),
                 seconds=dict(timer.seconds),
             )
