@@ -37,13 +37,8 @@ ensure_collection_link()
 sys.path.insert(0, str(COLLECTIONS_DIR))
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import parse_database_url
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
-    PROGRESS_INTERVAL,
-    Progress,
-    ResetOptions,
-    find_tools,
-    make_backup,
-)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import find_tools, make_backup
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import PROGRESS_INTERVAL, Progress
 
 
 def populate(db: Any, rows: int) -> None:
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         version_num = int(db.query("SHOW server_version_num")[0][0])
         version = db.query("SHOW server_version")[0][0]
         spec = parse_database_url(db.url())
-        tools = find_tools(ResetOptions(schema="public", pg_dump_path=server.tool("pg_dump")), version_num, version)
+        tools = find_tools(server.tool("pg_dump"), None, version_num, version)
         print(f"PostgreSQL {version}, database {size} bytes ({rows} payload rows), {repeat} x 2 backups\n", flush=True)
         one_backup(spec, tools, backup_dir, False)  # warm the caches
         runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}

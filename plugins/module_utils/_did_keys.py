@@ -1,12 +1,18 @@
 # Copyright: Contributors to the threadring.ringhub collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The work of the ``did_keys`` module: plan, then apply (private to the collection).
+"""The work of the ``did_keys`` module: plan, then execute (private to the collection).
 
-``plan()`` reads the current state (key file, env file, DID documents) and
-decides every action without writing anything; it raises ``RingHubError``
-for any state it refuses (a bad key file, a different key without
-``regenerate=always``, a conflict under ``regenerate=fail``). ``apply()``
-carries out a plan: backups first, then key file, env file, DID documents.
+``keep_keys(params, files)`` is the module. ``plan()`` reads the current state
+(key file, env file, DID documents) and decides every action without writing
+anything; it raises ``NothingChanged`` for any state it refuses (a bad key
+file, a different key without ``regenerate=always``, a conflict under
+``regenerate=fail``, an unknown owner). ``execute()`` carries out a plan:
+backups first, then key file, env file, DID documents, every file through
+``_files.Files`` (Ansible's ``atomic_move`` and ``set_fs_attributes_if_different``).
+
+An env file that will hold the key and that others may read (mode 0644, as an
+editor creates it) is tightened to 0600, unless ``env_keep_mode`` keeps its
+mode; a warning then says that the key is readable by others.
 
 Rules of ``regenerate``:
 
@@ -30,12 +36,66 @@ import base64
 import binascii
 import datetime
 import os
+import stat
 from typing import Any
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _did, _ed25519, _envfile, _keyfile
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
+    Outcome,
+    RingHubError,
+    failing_with,
+    nothing_changed_on_failure,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
 
 REGENERATE_CHOICES = ("never", "fail", "always")
+DEFAULT_KEY_MODE = "0600"
+DEFAULT_DOCUMENT_MODE = "0644"
+SECRET_FILE_MODE = "0600"  # an env file that holds the key, new or tightened
+
+
+def argument_spec() -> dict[str, Any]:
+    """The options of did_keys (``mode``, ``owner`` and ``group`` are Ansible's file options, for the key file)."""
+    return dict(
+        path=dict(type="path", required=True),
+        private_key_content=dict(type="str", no_log=True),
+        passphrase=dict(type="str", no_log=True),
+        regenerate=dict(type="str", default="never", choices=list(REGENERATE_CHOICES)),
+        mode=dict(type="raw", default=DEFAULT_KEY_MODE),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+        env_file=dict(type="path"),
+        env_var=dict(type="str", default=_envfile.DEFAULT_VAR),
+        env_keep_mode=dict(type="bool", default=False),
+        backup=dict(type="bool", default=False),
+        hub_url=dict(type="str"),
+        instance_document=dict(type="path"),
+        user_document=dict(
+            type="dict",
+            options=dict(
+                path=dict(type="path", required=True),
+                id=dict(type="str", required=True),
+                base_url=dict(type="str", no_log=False),
+                profile_url=dict(type="str", no_log=False),
+            ),
+        ),
+        publish_base64=dict(type="bool", default=False),
+        document_mode=dict(type="raw", default=DEFAULT_DOCUMENT_MODE),
+    )
+
+
+MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[_ed25519.CRYPTOGRAPHY], required_by={"instance_document": "hub_url"}, add_file_common_args=True
+)
+
+
+def keep_keys(params: dict[str, Any], files: Files, now: datetime.datetime | None = None) -> Outcome:
+    """The did_keys module: plan (reads only), then execute (nothing is written in check mode)."""
+    warnings: list[str] = []
+    with failing_with(warnings):
+        with nothing_changed_on_failure():
+            p = plan(params, files, warnings)
+        return execute(p, files, now)
 
 
 def load_content(content: str, passphrase: str | None) -> Any:
@@ -93,18 +153,21 @@ def _env_problems(var: str, entries: list[dict[str, Any]], cls: dict[str, Any] |
     return problems
 
 
-def plan(params: dict[str, Any]) -> dict[str, Any]:
-    """Decide what to do. Reads files only. See the module documentation for ``params``."""
+def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None) -> dict[str, Any]:
+    """Decide what to do. Reads files only. See the module documentation for ``params``.
+
+    Warnings go into ``warnings`` as they arise (so a refusal later in the plan still reports them).
+    """
     _ed25519.require_cryptography()
     regenerate = params.get("regenerate") or "never"
     if regenerate not in REGENERATE_CHOICES:
         raise RingHubError(f"regenerate must be one of {', '.join(REGENERATE_CHOICES)}")
     path = os.path.abspath(params["path"])
     passphrase = params.get("passphrase") or None
-    mode = _keyfile.parse_mode(params.get("mode") or "0600")
-    uid = _keyfile.resolve_uid(params.get("owner"))
-    gid = _keyfile.resolve_gid(params.get("group"))
-    warnings: list[str] = []
+    key_args = files.task_args(path)
+    key_attrs = files.differences(key_args)  # Ansible validates owner, group and mode here
+    document_mode = params.get("document_mode") or DEFAULT_DOCUMENT_MODE
+    warnings = [] if warnings is None else warnings
     conflicts: list[dict[str, str]] = []
 
     # ---- the key file and the supplied key
@@ -174,18 +237,20 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
         else:
             key, key_source, key_action = None, "generated", "created"
 
-    key_attrs: dict[str, Any] = {}
-    if key_action == "unchanged":
-        key_attrs = _keyfile.attrs_differ(path, mode, uid, gid)
-        if key_attrs:
-            key_action = "attributes"
+    if key_action != "unchanged":
+        key_attrs = {}
+    elif key_attrs:
+        key_action = "attributes"
 
     # ---- the env file
     env_action = None
     env_backup = bool(params.get("backup"))
+    env_mode = None  # None: an existing env file keeps its mode
+    env_attrs: dict[str, Any] = {}
     if env_path:
+        problems: list[str] = []
         if env_text is None:
-            env_action = "created"
+            env_action, env_mode = "created", SECRET_FILE_MODE
         else:
             problems = _env_problems(env_var, env_entries, env_cls, key)
             if not problems:
@@ -207,6 +272,11 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
                         "the key of the DID document until this is fixed (regenerate=always replaces the value "
                         "after a backup of the env file)"
                     )
+        if env_text is not None and (env_action is not None or not problems):
+            env_mode = _env_file_mode(env_path, bool(params.get("env_keep_mode")), warnings)
+            env_attrs = files.differences(files.args(env_path, env_mode))
+            if env_action is None and env_attrs:
+                env_action = "attributes"
 
     # ---- DID documents
     hub_url = params.get("hub_url")
@@ -223,13 +293,12 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
         if doc_path:
             # Refuse an unusable target (a directory, under a file, no permission) before the key is touched.
             _keyfile.read_bytes(os.path.abspath(doc_path), "DID document")
+            files.differences(files.args(os.path.abspath(doc_path), document_mode))  # a malformed mode fails here
 
     return {
         "path": path,
         "passphrase": passphrase,
-        "mode": mode,
-        "uid": uid,
-        "gid": gid,
+        "key_args": key_args,
         "regenerate": regenerate,
         "state": state,
         "key": key,
@@ -241,16 +310,35 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
         "env_text": env_text,
         "env_cls": env_cls,
         "env_action": env_action,
-        "env_backup": env_backup and env_text is not None and env_action is not None,
+        "env_mode": env_mode,
+        "env_attrs": env_attrs,
+        "env_backup": env_backup and env_text is not None and env_action not in (None, "attributes"),
         "did": did,
         "instance_document": os.path.abspath(params["instance_document"]) if params.get("instance_document") else None,
         "user": user,
         "user_document": os.path.abspath(user["path"]) if user else None,
         "publish_base64": bool(params.get("publish_base64")),
-        "document_mode": _keyfile.parse_mode(params.get("document_mode") or "0644", "document_mode"),
+        "document_mode": document_mode,
         "warnings": warnings,
         "conflicts": conflicts,
     }
+
+
+def _env_file_mode(path: str, keep_mode: bool, warnings: list[str]) -> str | None:
+    """The mode an existing env file that holds the key gets: 0600 when others may read it, else its own (None)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise RingHubError(f"cannot read the mode of env file {path}: {exc.strerror}", path=path) from None
+    if not mode & stat.S_IRWXO:
+        return None
+    if keep_mode:
+        warnings.append(
+            f"env file {path} holds the private key and others may read it (mode {mode:04o}); "
+            f"env_keep_mode keeps that mode: set it to {SECRET_FILE_MODE} unless other users must read the file"
+        )
+        return None
+    return SECRET_FILE_MODE
 
 
 def _doc_bytes(p: dict[str, Any], which: str, raw: bytes) -> bytes:
@@ -262,18 +350,19 @@ def _doc_bytes(p: dict[str, Any], which: str, raw: bytes) -> bytes:
     return _did.render_document(doc)
 
 
-def _write_doc(path: str, data: bytes, mode: int) -> None:
+def _write_doc(files: Files, path: str, data: bytes, mode: Any) -> None:
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         try:
             os.makedirs(directory, 0o755)
         except OSError as exc:
             raise RingHubError(f"cannot create directory {directory}: {exc.strerror}", path=path) from None
-    _keyfile.write_atomic(path, data, mode)
+    files.write(files.args(path, mode), data)
 
 
-def execute(p: dict[str, Any], check_mode: bool, now: datetime.datetime | None = None) -> dict[str, Any]:
-    """Carry out a plan (nothing is written in check mode); return the module result."""
+def execute(p: dict[str, Any], files: Files, now: datetime.datetime | None = None) -> Outcome:
+    """Carry out a plan (nothing is written in check mode); return the module's outcome."""
+    check_mode = files.check_mode
     written: list[str] = []
     backups: list[str] = []
     changes: dict[str, str] = {}
@@ -301,15 +390,13 @@ def execute(p: dict[str, Any], check_mode: bool, now: datetime.datetime | None =
     if p["key_action"] in ("created", "replaced"):
         if not check_mode:
             if p["key_action"] == "replaced":
-                backups.append(_keyfile.backup_file(p["path"], now))
-            _keyfile.write_atomic(p["path"], _ed25519.private_pem(key, p["passphrase"]), p["mode"], p["uid"], p["gid"])
+                backups.append(files.backup(p["path"], now))
+            files.write(p["key_args"], _ed25519.private_pem(key, p["passphrase"]))
             written.append(p["path"])
-    elif p["key_action"] == "attributes" and not check_mode:
-        _keyfile.apply_attrs(p["path"], p["mode"], p["uid"], p["gid"])
+    elif p["key_action"] == "attributes":
+        files.set_attributes(p["key_args"])
     after["key_file"] = f"sha256:{_ed25519.fingerprint(key)}" if known else "(new key)"
-    if p["key_attrs"]:
-        before["key_file_attributes"] = {k: v[0] for k, v in p["key_attrs"].items()}
-        after["key_file_attributes"] = {k: v[1] for k, v in p["key_attrs"].items()}
+    _attributes_diff(before, after, "key_file_attributes", p["key_attrs"])
 
     # ---- env file
     if p["env_path"]:
@@ -317,23 +404,24 @@ def execute(p: dict[str, Any], check_mode: bool, now: datetime.datetime | None =
         before[f"env {var}"] = _env_describe(p["env_cls"]) if p["env_text"] is not None else "env file absent"
         action = p["env_action"]
         changes["env_file"] = action or "unchanged"
-        if action:
+        env_args = files.args(p["env_path"], p["env_mode"])
+        if action in ("created", "set", "replaced"):
             after[f"env {var}"] = f"base64_pem sha256:{_ed25519.fingerprint(key)}" if known else "base64_pem (new key)"
             if not check_mode:
                 value = _envfile.encode_key_value(key)
                 if p["env_text"] is None:
-                    _keyfile.write_atomic(p["env_path"], f"{var}={value}\n".encode(), 0o600)
+                    new_text = f"{var}={value}\n"
                 else:
                     if p["env_backup"]:
-                        backups.append(_keyfile.backup_file(p["env_path"], now))
-                    attrs = _keyfile.file_attrs(p["env_path"]) or (0o600, -1, -1)
+                        backups.append(files.backup(p["env_path"], now))
                     new_text = _envfile.set_var(p["env_text"], var, value)
-                    uid = attrs[1] if os.geteuid() == 0 else -1
-                    gid = attrs[2] if os.geteuid() == 0 else -1
-                    _keyfile.write_atomic(p["env_path"], new_text.encode("utf-8"), attrs[0], uid, gid)
+                files.write(env_args, new_text.encode("utf-8"))
                 written.append(p["env_path"])
         else:
             after[f"env {var}"] = before[f"env {var}"]
+            if action == "attributes":
+                files.set_attributes(env_args)
+        _attributes_diff(before, after, "env_file_attributes", p["env_attrs"])
 
     # ---- DID documents
     raw = _ed25519.raw_public_key(key) if known else None
@@ -351,21 +439,19 @@ def execute(p: dict[str, Any], check_mode: bool, now: datetime.datetime | None =
         desired = _doc_bytes(p, which, raw)
         after[label] = _did.multibase_from_raw(raw)
         if current == desired:
-            if _keyfile.attrs_differ(path, p["document_mode"]):
+            doc_args = files.args(path, p["document_mode"])
+            if files.differences(doc_args):
                 changes[label] = "attributes"
-                if not check_mode:
-                    _keyfile.apply_attrs(path, p["document_mode"])
+                files.set_attributes(doc_args)
             else:
                 changes[label] = "unchanged"
             continue
         changes[label] = "updated" if current is not None else "created"
         if not check_mode:
-            _write_doc(path, desired, p["document_mode"])
+            _write_doc(files, path, desired, p["document_mode"])
             written.append(path)
 
-    changed = any(v != "unchanged" for v in changes.values())
     result: dict[str, Any] = {
-        "changed": changed,
         "changes": changes,
         "key_source": p["key_source"],
         "path": p["path"],
@@ -378,7 +464,16 @@ def execute(p: dict[str, Any], check_mode: bool, now: datetime.datetime | None =
         "user_key_id": _did.key_id(p["user"]["did"]) if p["user"] else None,
         "public_key": _key_summary(key) if known else None,
         "fingerprint": _ed25519.fingerprint(key) if known else None,
-        "diff": {"before": before, "after": after},
-        "warnings": p["warnings"],
     }
-    return result
+    return Outcome(
+        changed=any(v != "unchanged" for v in changes.values()),
+        result=result,
+        warnings=p["warnings"],
+        diff={"before": before, "after": after},
+    )
+
+
+def _attributes_diff(before: dict[str, Any], after: dict[str, Any], label: str, attrs: dict[str, Any]) -> None:
+    if attrs:
+        before[label] = {k: v[0] for k, v in attrs.items()}
+        after[label] = {k: v[1] for k, v in attrs.items()}

@@ -21,7 +21,7 @@ import hashlib
 import traceback
 from typing import Any
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import Library, RingHubError
 
 CRYPTOGRAPHY_IMPORT_ERROR: str | None = None
 try:
@@ -33,6 +33,8 @@ try:
 except ImportError:  # pragma: no cover - exercised only on hosts without cryptography
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+
+CRYPTOGRAPHY = Library("cryptography", HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_IMPORT_ERROR)
 
 PEM_PRIVATE_MARKERS = (
     b"-----BEGIN PRIVATE KEY-----",

@@ -6,9 +6,11 @@
   ``threadring.ringhub.postgresql`` doc fragment.
 - ``parse_database_url()`` turns a Prisma ``DATABASE_URL`` into libpq keyword
   arguments: Prisma-only query parameters (``schema``, ``connection_limit``, ...)
-  are removed, ``schema=`` becomes the default target schema.
+  are taken out, ``schema=`` becomes the default target schema, and libpq's own
+  URI parser (``psycopg2.extensions.parse_dsn``) reads the rest.
 - ``connect()`` opens a psycopg2 connection; every error names host, port,
   database, user and the reason, with the password masked.
+- Identifiers go into SQL as ``psycopg2.sql.Identifier`` (``sql`` is exported).
 
 The password never leaves this module except inside the keyword arguments
 given to libpq (and the ``PGPASSWORD`` environment of client tools).
@@ -21,22 +23,37 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import MASK, RingHubError, redact
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
+    Library,
+    RingHubError,
+    mask_url,
+    redact,
+    split_url,
+    userinfo_outside_netloc,
+)
 
 try:
     import psycopg2
+    import psycopg2.extensions
+    import psycopg2.sql
 
+    sql = psycopg2.sql  # identifiers and composed SQL for every PostgreSQL module
     HAS_PSYCOPG2 = True
     PSYCOPG2_IMPORT_ERROR: str | None = None
 except ImportError:  # pragma: no cover - exercised only without the library
-    psycopg2 = None
+    psycopg2 = sql = None
     HAS_PSYCOPG2 = False
     PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
 
+PSYCOPG2 = Library("psycopg2", HAS_PSYCOPG2, PSYCOPG2_IMPORT_ERROR)
+# The environment variable a PostgreSQL module falls back to (its password is registered as a secret).
+URL_ENV = "DATABASE_URL"
+
 DEFAULT_SCHEMA = "public"
 DEFAULT_PORT = 5432
+DEFAULT_CONNECT_TIMEOUT = 10
 
 # Query parameters Prisma understands but libpq rejects (or reads differently).
 PRISMA_ONLY_PARAMS = frozenset(
@@ -81,7 +98,7 @@ LIBPQ_PARAMS = frozenset(
         "channel_binding",
     }
 )
-SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SCHEMA_NAME_RE = re.compile(r"^[^\x00]{1,63}$")
 
 # Discrete options that cannot be combined with database_url.
@@ -98,9 +115,9 @@ def pg_argument_spec() -> dict[str, dict[str, Any]]:
         login_user=dict(type="str", aliases=["user"]),
         login_password=dict(type="str", no_log=True, aliases=["password"]),
         db=dict(type="str", aliases=["login_db", "database"]),
-        ssl_mode=dict(type="str", choices=SSL_MODES),
+        ssl_mode=dict(type="str", choices=list(SSL_MODES)),
         ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
-        connect_timeout=dict(type="int", default=10),
+        connect_timeout=dict(type="int", default=DEFAULT_CONNECT_TIMEOUT),
         schema=dict(type="str"),
     )
 
@@ -111,7 +128,11 @@ def pg_mutually_exclusive() -> list[list[str]]:
 
 @dataclass
 class ConnSpec:
-    """Where and how to connect; ``password`` is never rendered by ``describe()``/``masked_url``."""
+    """Where and how to connect; neither ``repr()`` nor ``describe()`` shows a password.
+
+    ``params`` (libpq keywords from the URL and options) may hold ``sslpassword``:
+    it is left out of ``repr()`` like ``password``.
+    """
 
     host: str | None = None
     port: int = DEFAULT_PORT
@@ -119,7 +140,7 @@ class ConnSpec:
     password: str | None = field(default=None, repr=False)
     dbname: str | None = None
     schema: str = DEFAULT_SCHEMA
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict, repr=False)
     source: str = "options"
     masked_url: str | None = None
     dropped_params: list[str] = field(default_factory=list)
@@ -193,43 +214,8 @@ class ConnSpec:
         return redact(str(text), self.secrets)
 
 
-def _userinfo_outside_netloc(parts: SplitResult) -> bool:
-    """True when an unencoded ``/``, ``?`` or ``#`` in the password pushed the ``@`` out of the authority.
-
-    A real URL names a database (``/<db>``) before its query, so an ``@`` in the
-    query after an empty path, or in the path or fragment, belongs to the userinfo.
-    """
-    if "@" in parts.netloc:
-        return False
-    return "@" in parts.path + parts.fragment or ("@" in parts.query and not parts.path)
-
-
-def mask_database_url(url: str) -> str:
-    """``url`` with its password (userinfo and ``password=`` parameters) replaced by ``MASK``.
-
-    A password with an unencoded ``/``, ``?`` or ``#`` makes the URL parse with the
-    ``@`` outside the authority; the whole text up to the last ``@`` is then taken as
-    user information and masked (a display may over-mask, it never shows a password).
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-    except ValueError:
-        return redact(url)
-    out = url
-    scheme, sep, rest = url.partition("://")
-    if "@" in netloc:
-        userinfo, hostinfo = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            out = out.replace(netloc, f"{user}:{MASK}@{hostinfo}", 1)
-    elif sep and _userinfo_outside_netloc(parts):
-        userinfo, _at, tail = rest.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            out = f"{scheme}://{user}:{MASK}@{tail}"
-    return re.sub(r"([?&](?:password|sslpassword)=)[^&#]*", rf"\g<1>{MASK}", out)
-
+# The collection has one URL masker (``_common.mask_url``); this name is kept for its callers.
+mask_database_url = mask_url
 
 ENCODE_HINT = (
     "if the user name or password contains any of : / ? # @ % [ ], percent-encode them "
@@ -237,72 +223,70 @@ ENCODE_HINT = (
 )
 
 
-def _int(value: str, what: str, masked: str) -> int:
+def _port(value: str, masked: str) -> int:
     try:
-        number = int(value)
+        port = int(value)
     except ValueError:
         # The text is not echoed: with an unencoded password it would be part of the password.
-        raise RingHubError(f"invalid {what} in database_url {masked} ({ENCODE_HINT})") from None
-    return number
+        raise RingHubError(f"invalid port in database_url {masked} ({ENCODE_HINT})") from None
+    if not 0 < port < 65536:
+        raise RingHubError(f"invalid port {port} in database_url {masked}")
+    return port
 
 
 def parse_database_url(url: str, schema: str | None = None) -> ConnSpec:
     """Parse a Prisma ``postgresql://`` / ``postgres://`` URL into a ``ConnSpec``.
 
     ``schema`` (an explicit option) wins over the URL's ``schema=`` parameter.
+    Prisma-only and unknown query parameters are taken out (unknown ones with a
+    warning), the user information is percent-encoded again (an unencoded ``@``
+    or ``:`` in the password is read up to the last ``@``, as Prisma reads it),
+    then libpq parses the URI. No error quotes a piece of the URL but its masked form.
     """
-    masked = mask_database_url(url)
+    if not HAS_PSYCOPG2:
+        require_psycopg2()
+    text = url.strip()
+    masked = mask_url(text)
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(text)
     except ValueError as exc:
         raise RingHubError(f"database_url is not a valid URL ({redact(str(exc))}): {masked}") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise RingHubError(f"database_url must start with postgresql:// or postgres://, got {masked}")
-    if _userinfo_outside_netloc(parts):
+    userinfo = split_url(text)
+    if userinfo_outside_netloc(parts) or (userinfo is not None and userinfo.cut_short):
         raise RingHubError(f"database_url {masked} does not parse: {ENCODE_HINT}")
     spec = ConnSpec(source="database_url", masked_url=masked)
-    userinfo, _at, hostinfo = parts.netloc.rpartition("@")
-    if userinfo:
-        user, sep, password = userinfo.partition(":")
-        spec.user = unquote(user) or None
-        if sep:
-            spec.password = unquote(password)
-    port_text = ""
-    if hostinfo.startswith("["):
-        host, _bracket, rest = hostinfo[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _colon, port_text = hostinfo.partition(":")
-    spec.host = unquote(host) or None
-    spec.port = _int(port_text, "port", masked) if port_text else DEFAULT_PORT
-    if not 0 < spec.port < 65536:
-        raise RingHubError(f"invalid port {spec.port} in database_url {masked}")
-    path = parts.path.lstrip("/")
-    if path:
-        spec.dbname = unquote(path)
     url_schema: str | None = None
+    kept: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "schema":
             url_schema = value
-        if key in PRISMA_ONLY_PARAMS:
-            spec.dropped_params.append(key)
+        if key in LIBPQ_PARAMS:
+            kept.append((key, value))
             continue
-        if key not in LIBPQ_PARAMS:
-            spec.dropped_params.append(key)
+        spec.dropped_params.append(key)
+        if key not in PRISMA_ONLY_PARAMS:
             spec.warnings.append(f"database_url query parameter {key!r} is unknown to libpq; it was ignored")
-            continue
-        if key == "host":
-            spec.host = value  # a Unix socket directory, as Prisma and libpq read it
-        elif key == "port":
-            spec.port = _int(value, "port", masked)
-        elif key == "user":
-            spec.user = value
-        elif key == "password":
-            spec.password = value
-        elif key == "dbname":
-            spec.dbname = value
-        else:
-            spec.params[key] = value
+    authority = parts.netloc.rpartition("@")[2]
+    if userinfo is not None and "@" in parts.netloc:
+        credentials = quote(unquote(userinfo.user), safe="")
+        if userinfo.password is not None:
+            credentials += ":" + quote(unquote(userinfo.password), safe="")
+        authority = f"{credentials}@{authority}"
+    query = urlencode(kept, quote_via=quote)
+    try:
+        dsn = psycopg2.extensions.parse_dsn(f"postgresql://{authority}{parts.path}" + (f"?{query}" if query else ""))
+    except psycopg2.Error:
+        # libpq's message quotes the URI (and so the password): it is not passed on.
+        raise RingHubError(f"database_url {masked} does not parse as a PostgreSQL URI ({ENCODE_HINT})") from None
+    spec.host = dsn.pop("host", None) or None
+    port = dsn.pop("port", None)
+    spec.port = _port(port, masked) if port else DEFAULT_PORT
+    spec.user = dsn.pop("user", None) or None
+    spec.password = dsn.pop("password", None)
+    spec.dbname = dsn.pop("dbname", None) or None
+    spec.params = dsn
     if not spec.dbname:
         raise RingHubError(f"database_url names no database (path /<database>): {masked}")
     spec.schema = schema or url_schema or DEFAULT_SCHEMA
@@ -392,17 +376,13 @@ def connect(spec: ConnSpec, application_name: str = "threadring.ringhub", autoco
     return conn
 
 
-def quote_ident(name: str) -> str:
-    """Quote an SQL identifier (always quoted, so case and symbols are kept)."""
-    if "\x00" in name:
-        raise RingHubError(f"invalid identifier {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def server_version_num(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SHOW server_version_num")
-        return int(cur.fetchone()[0])
+def rollback_quietly(conn: Any) -> None:
+    """Roll back ``conn``'s transaction if the connection is still open; a failure to do so is ignored."""
+    if conn is not None and not conn.closed:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            pass
 
 
 # -- the environment marker ------------------------------------------------------------

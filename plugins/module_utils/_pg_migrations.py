@@ -13,12 +13,13 @@ a string or a function body is never mistaken for a statement.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import NothingChanged, RingHubError
 
 MIGRATION_FILE = "migration.sql"
 LOCK_FILE = "migration_lock.toml"
@@ -308,18 +309,38 @@ def check_migration(migration: Migration, strip_transaction_control: bool = Fals
     return problems
 
 
-def strip_transaction_brackets(migration: Migration) -> list[int]:
-    """Blank plain ``BEGIN;``/``COMMIT;`` statements of ``migration.sql`` (lines kept); their line numbers.
+def strip_transaction_brackets(migration: Migration) -> tuple[Migration, list[int]]:
+    """``migration`` with its plain ``BEGIN;``/``COMMIT;`` statements blanked (lines kept), and their line numbers.
 
-    The checksum stays the one of the file bytes.
+    A new ``Migration`` is returned (the given one is left as it is); its
+    checksum stays the one of the file bytes.
     """
     sql = migration.sql
     removed = [st for st in split_statements(sql) if tuple(st.words) in TRANSACTION_BRACKETS]
     for st in reversed(removed):
         segment = sql[st.start : st.end]
         sql = sql[: st.start] + "".join("\n" if c == "\n" else " " for c in segment) + sql[st.end :]
-    migration.sql = sql
-    return [st.line for st in removed]
+    return dataclasses.replace(migration, sql=sql), [st.line for st in removed]
+
+
+def prepare_migrations(
+    migrations: list[Migration], strip_transaction_control: bool = False
+) -> tuple[list[Migration], dict[str, list[int]]]:
+    """The migrations as they run in the reset transaction, and the lines blanked per migration name.
+
+    With ``strip_transaction_control`` plain transaction brackets are blanked
+    (``strip_transaction_brackets``); otherwise the migrations come back as they are.
+    """
+    if not strip_transaction_control:
+        return list(migrations), {}
+    prepared: list[Migration] = []
+    stripped: dict[str, list[int]] = {}
+    for migration in migrations:
+        migration, lines = strip_transaction_brackets(migration)
+        prepared.append(migration)
+        if lines:
+            stripped[migration.name] = lines
+    return prepared, stripped
 
 
 def check_migrations(migrations: list[Migration], strip_transaction_control: bool = False) -> None:
@@ -332,9 +353,7 @@ def check_migrations(migrations: list[Migration], strip_transaction_control: boo
                 " (plain BEGIN;/COMMIT; brackets, as Prisma writes around enum changes, can run inside the reset "
                 "transaction with strip_transaction_control: true)"
             )
-        raise RingHubError(
-            "migrations contain statements that cannot run in the one reset transaction; nothing was changed: "
-            + "; ".join(problems)
-            + hint,
+        raise NothingChanged(
+            "migrations contain statements that cannot run in the one reset transaction: " + "; ".join(problems) + hint,
             problems=problems,
         )

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError, redact
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import Library, RingHubError, redact
 
 REDIS_IMP_ERR: str | None = None
 try:
     import redis
     import redis.backoff
+    import redis.connection
     import redis.exceptions
     import redis.retry
 
@@ -33,9 +34,12 @@ except ImportError:  # pragma: no cover - exercised only without redis-py
     REDIS_IMP_ERR = traceback.format_exc()
     HAS_REDIS = False
 
+REDIS = Library("redis", HAS_REDIS, REDIS_IMP_ERR)
+
 DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 30.0
 URL_SCHEMES = ("redis", "rediss", "unix")
+URL_QUERY_PARAMS = ("db", "password", "ssl_cert_reqs")
 CLUSTER_MODES = ("auto", "cluster", "standalone")
 _ENCODE_HINT = "or leave it out of the URL and give it with the password option"
 
@@ -66,13 +70,13 @@ REDIS_REQUIRED_TOGETHER = [("client_cert", "client_key")]
 
 @dataclass(frozen=True)
 class RedisConnection:
-    """Where and how to connect; ``str()`` and ``endpoint`` never show the password."""
+    """Where and how to connect; ``repr()``, ``str()`` and ``endpoint`` never show the password."""
 
     host: str = "localhost"
     port: int = DEFAULT_PORT
     unix_socket: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     db: int = 0
     tls: bool = False
     ca_cert: str | None = None
@@ -168,6 +172,8 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     ``redis://[user[:password]@]host[:port][/db]``, ``rediss://`` likewise with TLS,
     ``unix://[user[:password]@]/path/to/redis.sock[?db=N]``. Query parameters
     ``db``, ``password`` and ``ssl_cert_reqs=none`` are understood; others are rejected.
+    The checks come first and quote nothing of the URL; redis-py's own parser
+    (``redis.connection.parse_url``) then reads it.
     """
     # Nothing of the URL is echoed in these errors: a password with an unencoded / ? # ends the
     # host part early, and pieces of it would show up as a "port", a "database" or a path.
@@ -179,7 +185,7 @@ def parse_redis_url(url: str) -> dict[str, Any]:
         )
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         raise RingHubError(
             "redis_url is not a valid URL: the port is not a number from 0 to 65535"
@@ -188,37 +194,28 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         raise RingHubError(f"redis_url must start with redis://, rediss:// or unix://, not {scheme or '(none)'}://")
-    out: dict[str, Any] = {}
-    if parts.username:
-        out["username"] = unquote(parts.username)
-    if parts.password is not None:
-        out["password"] = unquote(parts.password)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    if scheme == "unix":
-        if not parts.path:
-            raise RingHubError("redis_url unix:// needs a socket path, e.g. unix:///run/redis/redis.sock")
-        out["unix_socket"] = unquote(parts.path)
-    else:
-        if parts.hostname:
-            out["host"] = unquote(parts.hostname)
-        if port is not None:
-            out["port"] = port
-        out["tls"] = scheme == "rediss"
-        path = parts.path.strip("/")
-        if path:
-            out["db"] = _db_number(path)
-    for name, values in query.items():
-        value = values[-1]
-        if name == "db":
-            out["db"] = _db_number(value)
-        elif name == "password":
-            out["password"] = value
-        elif name == "ssl_cert_reqs":
-            if value.lower() not in ("none", "optional", "required"):
-                raise RingHubError("redis_url ssl_cert_reqs must be none, optional or required")
-            out["validate_certs"] = value.lower() != "none"
-        else:
+    query = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+    for name, value in query.items():
+        if name not in URL_QUERY_PARAMS:
             raise RingHubError(f"redis_url has an unsupported query parameter {name!r} (supported: db, ssl_cert_reqs)")
+        if name == "db":
+            _db_number(value)
+        elif name == "ssl_cert_reqs" and value.lower() not in ("none", "optional", "required"):
+            raise RingHubError("redis_url ssl_cert_reqs must be none, optional or required")
+    if scheme == "unix" and not parts.path:
+        raise RingHubError("redis_url unix:// needs a socket path, e.g. unix:///run/redis/redis.sock")
+    if scheme != "unix" and parts.path.strip("/"):
+        _db_number(parts.path.strip("/"))
+    parsed = redis.connection.parse_url(url[: len(parts.scheme)].lower() + url[len(parts.scheme) :])
+    out: dict[str, Any] = {key: parsed[key] for key in ("username", "password", "host", "port", "db") if key in parsed}
+    if "password" in query:
+        out["password"] = query["password"]  # the query's password wins over the user information's
+    if scheme == "unix":
+        out["unix_socket"] = parsed["path"]
+    else:
+        out["tls"] = scheme == "rediss"
+    if "ssl_cert_reqs" in query:
+        out["validate_certs"] = query["ssl_cert_reqs"].lower() != "none"
     return out
 
 

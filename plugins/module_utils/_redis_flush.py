@@ -15,17 +15,35 @@ denials are found before anything is deleted), then delete, then count again.
 Permissions are probed inside ``MULTI`` ... ``DISCARD``: Redis checks that a
 command exists and that the user may run it when the command is queued, and
 ``DISCARD`` drops the queue, so the probe never runs anything.
+
+``flush_redis(params, check_mode)`` is the module's work: it returns an
+``Outcome``; a failure before the first deleting command is ``NothingChanged``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import PhaseTimer, RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._redis import HAS_REDIS, RedisConnection
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
+    NothingChanged,
+    Outcome,
+    PhaseTimer,
+    failing_with,
+    nothing_changed_on_failure,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._redis import (
+    HAS_REDIS,
+    REDIS,
+    REDIS_MUTUALLY_EXCLUSIVE,
+    REDIS_REQUIRED_TOGETHER,
+    RedisConnection,
+    redis_argument_spec,
+    resolve_connection,
+)
 
 if HAS_REDIS:
     import redis.exceptions
@@ -40,9 +58,50 @@ if HAS_REDIS:
     )
 
 MODES = ("all", "db", "pattern")
+DEFAULT_MODE = "all"
+DEFAULT_BATCH_SIZE = 1000
 ASYNC_MIN_VERSION = (4, 0)  # FLUSHALL/FLUSHDB ASYNC and UNLINK
 MAX_PROBED_DBS = 1024
 _PERMITTED_PROBE_ERRORS = ("MOVED", "ASK", "CROSSSLOT", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def argument_spec() -> dict[str, Any]:
+    """The options of redis_flush: the Redis connection plus what to delete and how."""
+    spec = redis_argument_spec()
+    spec.update(
+        mode=dict(type="str", default=DEFAULT_MODE, choices=list(MODES)),
+        patterns=dict(type="list", elements="str", aliases=["pattern"]),
+        asynchronous=dict(type="bool", default=True),
+        batch_size=dict(type="int", default=DEFAULT_BATCH_SIZE),
+    )
+    return spec
+
+
+MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[REDIS],
+    mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
+    required_together=REDIS_REQUIRED_TOGETHER,
+    required_if=[("mode", "pattern", ("patterns",))],
+)
+
+
+def flush_redis(params: dict[str, Any], check_mode: bool) -> Outcome:
+    """The redis_flush module: resolve the connection, flush (or count, in check mode), report."""
+    if params.get("patterns") and params["mode"] != "pattern":
+        raise NothingChanged(f"patterns only apply to mode: pattern, not mode: {params['mode']}")
+    with nothing_changed_on_failure():
+        conn = resolve_connection(params)
+    flusher = RedisFlusher(
+        conn,
+        params["mode"],
+        patterns=params.get("patterns") or (),
+        asynchronous=params["asynchronous"],
+        batch_size=params["batch_size"],
+        check_mode=check_mode,
+    )
+    result = flusher.run()
+    diff = {"before": {"keys": result["keys_before"]}, "after": {"keys": result["keys_after"]}}
+    return Outcome(changed=result["deleted"] > 0, result=result, warnings=flusher.warnings, diff=diff)
 
 
 @dataclass
@@ -219,7 +278,7 @@ def classify_probe_error(command: str, message: str, user: str, node: str, mode:
             if mode in ("all", "db")
             else " Grant the user SCAN and UNLINK on the keys, e.g. ACL SETUSER <user> +scan +unlink ~<pattern>."
         )
-        return f"user {user!r} may not run {command} on {node} (ACL: {message}). Nothing was deleted.{hint}"
+        return f"user {user!r} may not run {command} on {node} (ACL: {message}).{hint}"
     if "unknown command" in lowered:
         hint = (
             " Production servers often rename or disable FLUSHALL/FLUSHDB (rename-command);"
@@ -227,15 +286,19 @@ def classify_probe_error(command: str, message: str, user: str, node: str, mode:
             if mode in ("all", "db")
             else " The server renamed or disabled it (rename-command); pattern mode needs SCAN and UNLINK."
         )
-        return f"{command} is renamed or disabled on {node} ({message}). Nothing was deleted.{hint}"
-    return f"{command} is refused on {node} ({message}). Nothing was deleted."
+        return f"{command} is renamed or disabled on {node} ({message}).{hint}"
+    return f"{command} is refused on {node} ({message})"
 
 
 # -- the flush --------------------------------------------------------------------------
 
 
 class RedisFlusher:
-    """Runs one flush; ``run()`` returns the module result (without ``changed`` noise)."""
+    """Runs one flush; ``run()`` returns the result and ``warnings`` holds what to warn about.
+
+    Everything before the first deleting command (discovery, counting, the
+    permission probe) changes nothing; so does the whole run in check mode.
+    """
 
     def __init__(
         self,
@@ -246,24 +309,22 @@ class RedisFlusher:
         asynchronous: bool = True,
         batch_size: int = 1000,
         check_mode: bool = False,
-        warn: Callable[[str], None] | None = None,
     ) -> None:
         if mode not in MODES:
-            raise RingHubError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise NothingChanged(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.conn = conn
         self.mode = mode
         self.patterns = [p.encode("utf-8") if isinstance(p, str) else p for p in patterns]
         if mode == "pattern" and not self.patterns:
-            raise RingHubError("mode: pattern needs at least one pattern in patterns")
+            raise NothingChanged("mode: pattern needs at least one pattern in patterns")
         if mode == "pattern" and any(not p for p in self.patterns):
-            raise RingHubError("patterns must not be empty strings")
+            raise NothingChanged("patterns must not be empty strings")
         if batch_size < 1:
-            raise RingHubError("batch_size must be 1 or more")
+            raise NothingChanged("batch_size must be 1 or more")
         self.asynchronous = asynchronous
         self.batch_size = batch_size
         self.check_mode = check_mode
         self.warnings: list[str] = []
-        self._warn_cb = warn
         self.timer = PhaseTimer()
         self.cluster = False
         self.nodes: list[NodeState] = []
@@ -275,8 +336,6 @@ class RedisFlusher:
     def warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
-            if self._warn_cb:
-                self._warn_cb(text)
 
     def _node_conn(self, node: NodeState) -> RedisConnection:
         if not self.cluster:
@@ -347,7 +406,7 @@ class RedisFlusher:
         failing = [n.name for n in all_nodes if n.is_primary and n.slots and n.failing]
         if failing:
             raise conn.error(
-                "the cluster is not healthy, nothing was deleted; failing primaries seen from",
+                "the cluster is not healthy; failing primaries seen from",
                 f"{', '.join(failing)}",
                 failing=failing,
             )
@@ -498,7 +557,7 @@ class RedisFlusher:
             except redis.exceptions.RedisError as exc:  # nothing was queued that could run
                 self.warn(f"DISCARD after the permission check failed on {node.name}: {exc}")
         if problem:
-            raise RingHubError(problem, endpoint=self.conn.endpoint, node=node.name)
+            raise NothingChanged(problem, endpoint=self.conn.endpoint, node=node.name)
 
     # -- deleting ---------------------------------------------------------------------
     def _flush_command(self, node: NodeState, base: str) -> None:
@@ -573,26 +632,31 @@ class RedisFlusher:
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Inspect and probe every node, then delete (not in check mode), then count again."""
         try:
-            with self.timer.phase("inspect"):
-                self.discover()
-                for node in self.nodes:
-                    node.keys_before = self.count_keys(node)
-                for node in self.nodes:  # every node is checked before any deletes
-                    self.probe(node)
-            with self.timer.phase("flush"):
-                for node in self.nodes:
-                    self._flush_node(node)
-            with self.timer.phase("verify"):
-                for node in self.nodes:
-                    if self.check_mode:
-                        node.keys_after = {db: n - node.deleted.get(db, 0) for db, n in node.keys_before.items()}
-                        node.keys_after = {db: n for db, n in node.keys_after.items() if n}
-                    else:
-                        node.keys_after = self.count_keys(node)
+            with failing_with(self.warnings):
+                with nothing_changed_on_failure(), self.timer.phase("inspect"):
+                    self.discover()
+                    for node in self.nodes:
+                        node.keys_before = self.count_keys(node)
+                    for node in self.nodes:  # every node is checked before any deletes
+                        self.probe(node)
+                with nothing_changed_on_failure() if self.check_mode else contextlib.nullcontext():
+                    with self.timer.phase("flush"):
+                        for node in self.nodes:
+                            self._flush_node(node)
+                    with self.timer.phase("verify"):
+                        for node in self.nodes:
+                            node.keys_after = self._keys_after(node)
         finally:
             self.close()
         return self.result()
+
+    def _keys_after(self, node: NodeState) -> dict[int, int]:
+        if not self.check_mode:
+            return self.count_keys(node)
+        remaining = {db: n - node.deleted.get(db, 0) for db, n in node.keys_before.items()}
+        return {db: n for db, n in remaining.items() if n}
 
     def _flush_node(self, node: NodeState) -> None:
         db = self.conn.db
@@ -614,7 +678,6 @@ class RedisFlusher:
     def result(self) -> dict[str, Any]:
         deleted = sum(sum(n.deleted.values()) for n in self.nodes)
         out: dict[str, Any] = {
-            "changed": deleted > 0,
             "mode": self.mode,
             "endpoint": self.conn.endpoint,
             "cluster": self.cluster,
@@ -634,8 +697,3 @@ class RedisFlusher:
             out["patterns"] = [p.decode("utf-8", "replace") for p in self.patterns]
             out["matched"] = deleted
         return out
-
-
-def flush(conn: RedisConnection, mode: str, **kwargs: Any) -> dict[str, Any]:
-    """Run one flush (see ``RedisFlusher``) and return the result dict."""
-    return RedisFlusher(conn, mode, **kwargs).run()

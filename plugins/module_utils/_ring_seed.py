@@ -13,12 +13,14 @@ desired state and only the differences are written, in one transaction.
 ``resetAt`` is written when the ring is created (or its metadata rewritten) and
 is never by itself a reason for a change.
 
-``RingSeeder.run()`` is the ring_seed module: its own connection and
-transaction. ``RingSeeder.seed_in(cur, schema)`` is the same seed on a cursor
-whose transaction belongs to the caller (pg_schema_reset's ``root_ring``, before
-its COMMIT); ``RingSeeder.preview_fresh(schema)`` is what that seed writes into
-a schema without rings, computed without a database (its check mode).
-``seed_argument_spec()`` holds the options of both.
+``seed_root_ring(params, check_mode)`` is the ring_seed module;
+``RingSeeder.run()`` its seed on its own connection and transaction (any
+failure before the COMMIT leaves the rows as they were: ``NothingChanged``).
+``RingSeeder.seed_in(cur, schema)`` is the same seed on a cursor whose
+transaction belongs to the caller (pg_schema_reset's ``root_ring``, before its
+COMMIT); ``RingSeeder.preview_fresh(schema)`` is what that seed writes into a
+schema without rings, computed without a database (its check mode). Each
+returns an ``Outcome``. ``seed_argument_spec()`` holds the options of both.
 """
 
 from __future__ import annotations
@@ -33,14 +35,24 @@ from typing import Any
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
+    NothingChanged,
+    Outcome,
+    RingHubError,
+    nothing_changed_on_failure,
+)
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
+    PSYCOPG2,
+    URL_ENV,
     ConnSpec,
     connect,
+    pg_argument_spec,
     pg_error_text,
+    pg_mutually_exclusive,
     psycopg2,
-    quote_ident,
     read_environment_marker,
+    spec_from_params,
+    sql,
 )
 
 ROOT_RING_NAME = "The Spool"
@@ -98,11 +110,43 @@ def seed_argument_spec() -> dict[str, dict[str, Any]]:
     )
 
 
+def argument_spec() -> dict[str, dict[str, Any]]:
+    """The options of ring_seed: the PostgreSQL connection, the root ring and the environment check."""
+    spec = pg_argument_spec()
+    spec.update(seed_argument_spec())  # the same options as pg_schema_reset's root_ring suboptions
+    spec.update(expected_environment=dict(type="str"))
+    return spec
+
+
+MODULE_OPTIONS: dict[str, Any] = dict(
+    libraries=[PSYCOPG2], secret_env=[URL_ENV], mutually_exclusive=pg_mutually_exclusive()
+)
+
+
+def seed_root_ring(params: dict[str, Any], check_mode: bool) -> Outcome:
+    """The ring_seed module: connect, compare, write the differences (not in check mode), report."""
+    spec = None
+    try:
+        with nothing_changed_on_failure():
+            spec = spec_from_params(params)
+            desired = RootRing.from_params(params)
+        seeder = RingSeeder(spec, desired, check_mode=check_mode, expected_environment=params["expected_environment"])
+        outcome = seeder.run()
+    except RingHubError as exc:
+        if spec is not None:
+            exc.msg = spec.redact(exc.msg)
+            exc.add_context(spec.warnings, connection=spec.describe())
+        raise
+    outcome.result = {"connection": spec.describe(), **outcome.result}
+    outcome.warnings = [*spec.warnings, *outcome.warnings]
+    return outcome
+
+
 def missing_tables(cur: Any, schema: str) -> list[str]:
     """The tables of the root ring (``Ring``, ``RingRole``) that ``schema`` lacks."""
     cur.execute(
         "SELECT to_regclass(%s), to_regclass(%s)",
-        (f'{quote_ident(schema)}."Ring"', f'{quote_ident(schema)}."RingRole"'),
+        (sql.Identifier(schema, "Ring").as_string(cur), sql.Identifier(schema, "RingRole").as_string(cur)),
     )
     ring, role = cur.fetchone()
     return [name for name, reg in (("Ring", ring), ("RingRole", role)) if reg is None]
@@ -229,12 +273,11 @@ class RingSeeder:
         self.check_mode = check_mode
         self.queries: list[str] = []
 
-    def _exec(self, cur: Any, sql: str, params: Any = None, log: bool = True) -> None:
+    def _exec(self, cur: Any, query: str, params: Any = None) -> None:
         """Run one writing statement; without a cursor (``preview_fresh``) only record it."""
         if cur is not None:
-            cur.execute(sql, params)
-        if log:
-            self.queries.append(" ".join(sql.split()))
+            cur.execute(query, params)
+        self.queries.append(" ".join(query.split()))
 
     def _check_tables(self, cur: Any, schema: str) -> None:
         missing = missing_tables(cur, schema)
@@ -245,53 +288,72 @@ class RingSeeder:
                 schema=schema,
             )
 
-    def run(self) -> dict[str, Any]:
-        desired = self.desired
-        desired.validate()
-        conn = connect(self.spec, APPLICATION_NAME, autocommit=False)
+    def run(self) -> Outcome:
+        """The seed in its own transaction: committed, or rolled back in check mode and on any failure."""
+        with nothing_changed_on_failure():
+            self.desired.validate()
+            conn = connect(self.spec, APPLICATION_NAME, autocommit=False)
         try:
-            with conn.cursor() as cur:
-                result = self._seed(cur)
-            if self.check_mode:
-                conn.rollback()
-            else:
-                conn.commit()
-            return result
-        except psycopg2.Error as exc:
-            conn.rollback()
-            raise RingHubError(
-                f"ring_seed failed on database {self.spec.dbname!r} schema {self.spec.schema!r}: "
-                f"{pg_error_text(exc, self.spec)}; nothing was changed",
-                sqlstate=getattr(exc, "pgcode", None),
-            ) from None
+            with nothing_changed_on_failure():
+                try:
+                    with conn.cursor() as cur:
+                        outcome = self._seed(cur)
+                except psycopg2.Error as exc:
+                    raise RingHubError(
+                        f"ring_seed failed on database {self.spec.dbname!r} schema {self.spec.schema!r}: "
+                        f"{pg_error_text(exc, self.spec)}",
+                        sqlstate=getattr(exc, "pgcode", None),
+                    ) from None
+                if self.check_mode:
+                    conn.rollback()
+                    return outcome
+            self._commit(conn)
+            return outcome
         except BaseException:
-            conn.rollback()
+            if not conn.closed:
+                conn.rollback()
             raise
         finally:
             conn.close()
 
-    def _seed(self, cur: Any) -> dict[str, Any]:
+    def _commit(self, conn: Any) -> None:
+        try:
+            conn.commit()
+        except psycopg2.Error as exc:
+            text = pg_error_text(exc, self.spec)
+            if conn.closed or not getattr(exc, "pgcode", None):
+                # The COMMIT was sent and its answer lost: the rows may or may not be written.
+                raise RingHubError(
+                    f"the COMMIT of the root ring on database {self.spec.dbname!r} got no answer ({text}): check "
+                    "the Ring and RingRole rows or run ring_seed again (it writes only what differs)"
+                ) from None
+            raise NothingChanged(
+                f"the COMMIT of the root ring on database {self.spec.dbname!r} failed: {text} (SQLSTATE {exc.pgcode})",
+                sqlstate=exc.pgcode,
+            ) from None
+
+    def _seed(self, cur: Any) -> Outcome:
         schema = self.spec.schema
         environment = read_environment_marker(cur)
         if self.expected_environment is not None and environment not in (None, self.expected_environment):
             raise RingHubError(
                 f"database {self.spec.dbname!r} is marked as environment {environment!r}, "
-                f"not {self.expected_environment!r}; nothing was changed",
+                f"not {self.expected_environment!r}",
                 environment=environment,
             )
         self._check_tables(cur, schema)
-        result = self.seed_in(cur, schema)
-        result["environment"] = environment
-        return result
+        outcome = self.seed_in(cur, schema)
+        outcome.result["environment"] = environment
+        return outcome
 
-    def seed_in(self, cur: Any, schema: str) -> dict[str, Any]:
+    def seed_in(self, cur: Any, schema: str) -> Outcome:
         """The seed on ``cur``, inside the caller's transaction: no commit, no rollback, no marker check.
 
         ``schema`` must hold the ``Ring`` and ``RingRole`` tables (see ``missing_tables``).
         ``environment`` in the result is None: the caller knows the marker.
         """
         desired = self.desired
-        cur.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         cur.execute(
             'SELECT id, name, description, visibility::text, "joinPolicy"::text, "postPolicy"::text, "ownerDid", '
             '"parentId", metadata FROM "Ring" WHERE slug = %s FOR UPDATE',
@@ -315,7 +377,7 @@ class RingSeeder:
         other_roots = [r[0] for r in cur.fetchall()]
         return self._write(cur, schema, current, current_roles, other_roots)
 
-    def preview_fresh(self, schema: str) -> dict[str, Any]:
+    def preview_fresh(self, schema: str) -> Outcome:
         """What ``seed_in`` writes into ``schema`` right after it was created empty; no database.
 
         The seeder must be in check mode (ids of rows to be created are None).
@@ -329,7 +391,7 @@ class RingSeeder:
         current: dict[str, Any] | None,
         current_roles: dict[str, dict[str, Any]],
         other_roots: list[str],
-    ) -> dict[str, Any]:
+    ) -> Outcome:
         desired = self.desired
         ring_id = current["id"] if current else None
         warnings = (
@@ -366,11 +428,12 @@ class RingSeeder:
             sets, params = [], []
             for option, value in sorted(changes.items()):
                 column = "metadata" if option == "metadata" else RING_COLUMNS[option]
-                sets.append(f"{quote_ident(column)} = %s")
+                sets.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(json.dumps(value) if option == "metadata" else value)
-            sets.append('"updatedAt" = %s')
+            sets.append(sql.SQL('"updatedAt" = %s'))
             params += [now, ring_id]
-            self._exec(cur, f'UPDATE "Ring" SET {", ".join(sets)} WHERE id = %s', params)
+            update = sql.SQL('UPDATE "Ring" SET {} WHERE id = %s').format(sql.SQL(", ").join(sets))
+            self._exec(cur, update.as_string(cur), params)
         roles_after: dict[str, dict[str, Any]] = {k: dict(v) for k, v in current_roles.items()}
         for role in steps["roles_create"]:
             role_id = str(uuid.uuid4())
@@ -401,8 +464,7 @@ class RingSeeder:
         after = {"ring": after_ring, "roles": {k: v["permissions"] for k, v in roles_after.items()}}
         ring_out = {"id": ring_id if not (self.check_mode and steps["create_ring"]) else None, "slug": desired.slug}
         ring_out.update(after_ring)
-        return {
-            "changed": bool(actions),
+        result = {
             "ring": ring_out,
             "roles": [
                 {
@@ -418,6 +480,5 @@ class RingSeeder:
             "schema": schema,
             "environment": None,
             "other_root_rings": other_roots,
-            "warnings_list": warnings,
-            "diff": {"before": before, "after": after},
         }
+        return Outcome(changed=bool(actions), result=result, warnings=warnings, diff={"before": before, "after": after})

@@ -16,8 +16,13 @@ description:
   - Values of keys that look like secrets (password, secret, token, private key)
     are replaced by C(********) and passwords inside URLs are masked, so the
     audit file never holds credentials.
+  - The file options (O(mode), O(owner), O(group), the SELinux options and O(attributes)) apply when the module
+    creates the audit file, through Ansible's own file helpers; an existing audit file keeps its attributes
+    (log rotation may create it with its own).
 author:
   - ThreadRing Ring Hub maintainers (@threadring)
+extends_documentation_fragment:
+  - ansible.builtin.files
 options:
   path:
     description: Audit file to append to. Missing parent directories are created with mode C(0700).
@@ -46,7 +51,9 @@ options:
     type: str
     version_added: 0.1.0
   mode:
-    description: File mode used when the audit file is created.
+    description:
+      - Mode of the audit file when the module creates it, an octal string such as C('0600') or a symbolic mode,
+        as M(ansible.builtin.file) takes it. The file is created C(0600) and then given this mode.
     type: raw
     default: '0600'
     version_added: 0.1.0
@@ -91,50 +98,17 @@ path:
   type: str
 """
 
-import json
-import os
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.threadring.ringhub.plugins.module_utils._audit import (
-    append_record,
-    build_record,
+    MODULE_OPTIONS,
+    append_event,
+    argument_spec,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
+from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            event=dict(type="str", required=True),
-            status=dict(type="str", default="info", choices=["started", "succeeded", "failed", "aborted", "info"]),
-            details=dict(type="dict", default={}),
-            operator=dict(type="str"),
-            mode=dict(type="raw", default="0600"),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    record = build_record(params["event"], params["status"], params["details"], params["operator"])
-    try:
-        mode = int(str(params["mode"]), 8)
-    except ValueError:
-        module.fail_json(msg=f"mode must be an octal string such as '0600', got {params['mode']!r}")
-    if not module.check_mode:
-        try:
-            append_record(params["path"], record, mode)
-        except RingHubError as exc:
-            module.fail_json(msg=exc.msg, exception=traceback.format_exc(), **exc.details)
-    # The invocation echo shows the masked details, never the raw ones.
-    invocation = {"module_args": dict(params, details=record["details"])}
-    module.exit_json(
-        changed=True,
-        record=json.loads(json.dumps(record)),
-        path=os.path.abspath(params["path"]),
-        invocation=invocation,
-    )
+    run_as_module(argument_spec(), lambda m: append_event(m.params, Files(m)), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

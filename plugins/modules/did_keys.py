@@ -27,6 +27,8 @@ author:
   - ThreadRing Ring Hub maintainers (@threadring)
 requirements:
   - cryptography >= 41.0 (on the managed host)
+extends_documentation_fragment:
+  - ansible.builtin.files
 options:
   path:
     description:
@@ -65,7 +67,12 @@ options:
     default: never
     version_added: 0.1.0
   mode:
-    description: Mode of the key file, as an octal string.
+    description:
+      - Mode of the key file, an octal string such as C('0600') or a symbolic mode, as M(ansible.builtin.file)
+        takes it. The file options (O(mode), O(owner), O(group), the SELinux options and O(attributes)) are those
+        of the key file and are applied by Ansible's own file helpers.
+      - A key file is written to a temporary file of mode C(0600) first, so it is never readable by others,
+        not even while it is written.
     type: raw
     default: '0600'
     version_added: 0.1.0
@@ -81,7 +88,9 @@ options:
     description:
       - The compose C(.env) file beside C(docker-compose.yml). O(env_var) is set to base64 of the
         unencrypted PKCS#8 PEM text of the key, on one line; every other line stays as it is.
-      - Created with mode C(0600) when missing (its directory must exist); an existing file keeps its mode and owner.
+      - Created with mode C(0600) when missing (its directory must exist); an existing file keeps its owner and
+        its mode, except that a file others may read or write (for example C(0644), as editors create it) is set
+        to C(0600) when it holds the key, unless O(env_keep_mode).
       - A value in another form (raw PEM, not base64, another key type, encrypted) or holding a different
         key is a conflict, handled as O(regenerate) says.
     type: path
@@ -91,6 +100,15 @@ options:
     type: str
     default: RING_HUB_PRIVATE_KEY
     version_added: 0.1.0
+  env_keep_mode:
+    description:
+      - Keep the mode of an existing O(env_file) that others may read when it holds the key (a warning says that
+        they can read the private key).
+      - By default such a file is set to C(0600); when the value itself stays, the env file's entry in
+        RV(changes) is then V(attributes). A mode that gives others nothing (C(0600), C(0640)) is always kept.
+    type: bool
+    default: false
+    version_added: 0.2.0
   backup:
     description:
       - Back up O(env_file) (C(<file>.<UTC timestamp>.bak), mode C(0600)) before changing it.
@@ -150,7 +168,7 @@ options:
     default: false
     version_added: 0.1.0
   document_mode:
-    description: Mode of the DID documents written, as an octal string (they are public).
+    description: Mode of the DID documents written, octal or symbolic as for O(mode) (they are public).
     type: raw
     default: '0644'
     version_added: 0.1.0
@@ -208,6 +226,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when no file was written (the module refused before writing, for example a key file that
+      is not an Ed25519 key, a different key without O(regenerate=always), or a conflict under O(regenerate=fail)).
+  returned: on failure, when nothing was changed
+  type: bool
 did:
   description: The instance DID, C(did:web:<hostname of hub_url>).
   returned: when O(hub_url) is given
@@ -260,7 +284,7 @@ path:
 changes:
   description:
     - What changed (or would change in check mode) per item, each one of V(unchanged), V(created),
-      V(replaced), V(set), V(updated) or V(attributes) (mode/owner only).
+      V(replaced), V(set), V(updated) or V(attributes) (mode, owner or other file attributes only).
     - Keys are C(key_file) and, when managed, C(env_file), C(instance_document), C(user_document).
   returned: always
   type: dict
@@ -285,60 +309,17 @@ conflicts:
       problem: RING_HUB_PRIVATE_KEY holds raw PEM text instead of base64 of the PEM text
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._did_keys import REGENERATE_CHOICES, execute, plan
-from ansible_collections.threadring.ringhub.plugins.module_utils._ed25519 import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
+from ansible_collections.threadring.ringhub.plugins.module_utils._did_keys import (
+    MODULE_OPTIONS,
+    argument_spec,
+    keep_keys,
 )
+from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            private_key_content=dict(type="str", no_log=True),
-            passphrase=dict(type="str", no_log=True),
-            regenerate=dict(type="str", default="never", choices=list(REGENERATE_CHOICES)),
-            mode=dict(type="raw", default="0600"),
-            owner=dict(type="str"),
-            group=dict(type="str"),
-            env_file=dict(type="path"),
-            env_var=dict(type="str", default="RING_HUB_PRIVATE_KEY"),
-            backup=dict(type="bool", default=False),
-            hub_url=dict(type="str"),
-            instance_document=dict(type="path"),
-            user_document=dict(
-                type="dict",
-                options=dict(
-                    path=dict(type="path", required=True),
-                    id=dict(type="str", required=True),
-                    base_url=dict(type="str", no_log=False),
-                    profile_url=dict(type="str", no_log=False),
-                ),
-            ),
-            publish_base64=dict(type="bool", default=False),
-            document_mode=dict(type="raw", default="0644"),
-        ),
-        required_by={"instance_document": "hub_url"},
-        supports_check_mode=True,
-    )
-    if not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    try:
-        result = execute(plan(module.params), module.check_mode)
-    except RingHubError as exc:
-        module.fail_json(msg=exc.msg, exception=traceback.format_exc(), **exc.details)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+    run_as_module(argument_spec(), lambda m: keep_keys(m.params, Files(m)), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,19 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when the database is as it was (every failure before the C(COMMIT), and a C(COMMIT)
+      PostgreSQL answered with an error). The message then ends with C(nothing was changed).
+  returned: on failure, when nothing was changed
+  type: bool
+outcome_unknown:
+  description:
+    - On failure, V(true) when the C(COMMIT) was sent but its answer was lost (the connection broke), so the new
+      schema may or may not be in place. The message says the outcome is unknown; look at the schema and
+      C(_prisma_migrations) before running the reset again.
+  returned: on failure, when the COMMIT got no answer
+  type: bool
 connection:
   description: Where the module connected (password masked, Prisma-only parameters removed).
   returned: always
@@ -470,117 +483,16 @@ seconds:
   sample: {connect: 0.01, lock: 0.001, preflight: 0.2, backup: 0.4, reset: 0.3, total: 0.911}
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import PhaseTimer, RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
-    HAS_PSYCOPG2,
-    PSYCOPG2_IMPORT_ERROR,
-    pg_argument_spec,
-    pg_mutually_exclusive,
-    spec_from_params,
-)
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import (
-    check_migrations,
-    load_migrations_dir,
-    load_sql_files,
-    strip_transaction_brackets,
-)
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
-    NOTHING_CHANGED,
-    Progress,
-    ResetOptions,
-    SchemaReset,
+    MODULE_OPTIONS,
+    argument_spec,
+    reset_schema,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import RootRing, seed_argument_spec
 
 
 def main() -> None:
-    argument_spec = pg_argument_spec()
-    argument_spec.update(
-        migrations_dir=dict(type="path"),
-        sql_files=dict(type="list", elements="path"),
-        expected_environment=dict(type="str"),
-        backup=dict(type="bool", default=True),
-        backup_dir=dict(type="path"),
-        pg_dump_path=dict(type="path"),
-        pg_restore_path=dict(type="path"),
-        terminate_sessions=dict(type="bool", default=True),
-        lock_timeout=dict(type="str", default="10s"),
-        allow_outside_drops=dict(type="bool", default=False),
-        migrations_role=dict(type="str"),
-        strip_transaction_control=dict(type="bool", default=False),
-        root_ring=dict(type="dict", options=seed_argument_spec()),
-        progress_file=dict(type="path"),
-    )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=pg_mutually_exclusive() + [["migrations_dir", "sql_files"]],
-        required_one_of=[["migrations_dir", "sql_files"]],
-        required_if=[("backup", True, ["backup_dir"])],
-        supports_check_mode=True,
-    )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
-    params = module.params
-    spec = None
-    reset = None
-    timer = PhaseTimer()
-    progress = Progress(params["progress_file"], check_mode=module.check_mode)
-    try:
-        progress.start()
-        spec = spec_from_params(params)
-        module.no_log_values.update(spec.secrets)
-        progress.redact = spec.redact
-        with timer.phase("validate"):
-            if params["migrations_dir"]:
-                migrations = load_migrations_dir(params["migrations_dir"])
-            else:
-                migrations = load_sql_files(params["sql_files"])
-            check_migrations(migrations, params["strip_transaction_control"])
-            stripped = {}
-            if params["strip_transaction_control"]:
-                stripped = {m.name: lines for m in migrations if (lines := strip_transaction_brackets(m))}
-        options = ResetOptions(
-            schema=spec.schema,
-            expected_environment=params["expected_environment"],
-            backup=params["backup"],
-            backup_dir=params["backup_dir"],
-            pg_dump_path=params["pg_dump_path"],
-            pg_restore_path=params["pg_restore_path"],
-            terminate_sessions=params["terminate_sessions"],
-            lock_timeout=params["lock_timeout"],
-            allow_outside_drops=params["allow_outside_drops"],
-            migrations_role=params["migrations_role"],
-            root_ring=RootRing.from_params(params["root_ring"]) if params["root_ring"] is not None else None,
-            check_mode=module.check_mode,
-        )
-        reset = SchemaReset(spec, options, migrations, timer, progress)
-        result = reset.run()
-    except RingHubError as exc:
-        msg = spec.redact(exc.msg) if spec else exc.msg
-        # Every failure before COMMIT leaves the database as it was; say so once, here.
-        if not (reset is not None and reset.committing) and NOTHING_CHANGED not in msg:
-            msg = f"{msg}; {NOTHING_CHANGED}"
-        progress.fail(msg)
-        details = dict(exc.details)
-        if spec is not None:
-            details.setdefault("connection", spec.describe())
-        module.fail_json(msg=msg, exception=traceback.format_exc(), seconds=dict(timer.seconds), **details)
-    except Exception as exc:
-        progress.fail(f"unexpected error: {spec.redact(str(exc)) if spec else type(exc).__name__}")
-        raise
-    result["transaction_control_removed"] = stripped
-    if stripped:
-        module.warn(f"transaction brackets were removed from migrations (name: lines): {stripped}")
-    progress.done(result["summary"])
-    if progress.warning:
-        result["warnings_list"].append(progress.warning)
-    for warning in result.pop("warnings_list"):
-        module.warn(warning)
-    module.exit_json(**result)
+    run_as_module(argument_spec(), lambda m: reset_schema(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description:
+    - On failure, V(true) when no key was deleted (the failure came before the first deleting command, for example
+      a renamed or denied command found by the permission check, or the run was in check mode).
+  returned: on failure, when nothing was changed
+  type: bool
 mode:
   description: The mode that ran.
   returned: always
@@ -185,58 +191,16 @@ seconds:
   type: float
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._redis import (
-    HAS_REDIS,
-    REDIS_IMP_ERR,
-    REDIS_MUTUALLY_EXCLUSIVE,
-    REDIS_REQUIRED_TOGETHER,
-    redis_argument_spec,
-    resolve_connection,
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
+from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush import (
+    MODULE_OPTIONS,
+    argument_spec,
+    flush_redis,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush import flush
 
 
 def main() -> None:
-    argument_spec = redis_argument_spec()
-    argument_spec.update(
-        mode=dict(type="str", default="all", choices=["all", "db", "pattern"]),
-        patterns=dict(type="list", elements="str", aliases=["pattern"]),
-        asynchronous=dict(type="bool", default=True),
-        batch_size=dict(type="int", default=1000),
-    )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=REDIS_MUTUALLY_EXCLUSIVE,
-        required_together=REDIS_REQUIRED_TOGETHER,
-        required_if=[("mode", "pattern", ("patterns",))],
-        supports_check_mode=True,
-    )
-    if not HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"), exception=REDIS_IMP_ERR)
-    params = module.params
-    if params["patterns"] and params["mode"] != "pattern":
-        module.fail_json(msg=f"patterns only apply to mode: pattern, not mode: {params['mode']}")
-    try:
-        conn = resolve_connection(params)
-        result = flush(
-            conn,
-            params["mode"],
-            patterns=params["patterns"] or (),
-            asynchronous=params["asynchronous"],
-            batch_size=params["batch_size"],
-            check_mode=module.check_mode,
-            warn=module.warn,
-        )
-    except RingHubError as exc:
-        module.fail_json(msg=exc.msg, exception=traceback.format_exc(), **exc.details)
-    if module._diff:
-        result["diff"] = {"before": {"keys": result["keys_before"]}, "after": {"keys": result["keys_after"]}}
-    module.exit_json(**result)
+    run_as_module(argument_spec(), lambda m: flush_redis(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

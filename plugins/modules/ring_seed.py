@@ -126,6 +126,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+nothing_changed:
+  description: On failure, V(true) when no row was written (the seed's transaction was rolled back or never began).
+  returned: on failure, when nothing was changed
+  type: bool
 ring:
   description: The root ring after the run (C(id) is null when check mode would create it).
   returned: success
@@ -183,57 +187,16 @@ connection:
   type: dict
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
-    HAS_PSYCOPG2,
-    PSYCOPG2_IMPORT_ERROR,
-    pg_argument_spec,
-    pg_mutually_exclusive,
-    spec_from_params,
-)
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import run_as_module
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
-    RingSeeder,
-    RootRing,
-    seed_argument_spec,
+    MODULE_OPTIONS,
+    argument_spec,
+    seed_root_ring,
 )
 
 
 def main() -> None:
-    argument_spec = pg_argument_spec()
-    # The same options as pg_schema_reset's root_ring suboptions.
-    argument_spec.update(seed_argument_spec())
-    argument_spec.update(expected_environment=dict(type="str"))
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=pg_mutually_exclusive(),
-        supports_check_mode=True,
-    )
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
-    params = module.params
-    spec = None
-    try:
-        spec = spec_from_params(params)
-        module.no_log_values.update(spec.secrets)
-        desired = RootRing.from_params(params)
-        result = RingSeeder(
-            spec, desired, check_mode=module.check_mode, expected_environment=params["expected_environment"]
-        ).run()
-    except RingHubError as exc:
-        details = dict(exc.details)
-        if spec is not None:
-            details.setdefault("connection", spec.describe())
-        module.fail_json(msg=spec.redact(exc.msg) if spec else exc.msg, exception=traceback.format_exc(), **details)
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    for warning in spec.warnings + result.pop("warnings_list"):
-        module.warn(warning)
-    module.exit_json(connection=spec.describe(), **result)
+    run_as_module(argument_spec(), lambda m: seed_root_ring(m.params, m.check_mode), **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

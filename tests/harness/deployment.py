@@ -95,7 +95,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     parse_marker,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import load_migrations_dir
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import (
     INSERT_MIGRATION_SQL,
     PRISMA_MIGRATIONS_DDL,
 )

@@ -465,3 +465,41 @@ def test_node_decodes_the_env_value_as_the_hub_and_signs_for_the_published_key(t
     # The raw PEM text (the wrong form) is not something the hub can load.
     raw_pem = base64.b64decode(entry["value"]).decode()
     assert node_hub_decode(raw_pem, "x").returncode != 0
+
+
+def test_an_env_file_others_may_read_is_set_to_0600_when_it_gets_the_key(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("\n".join(ENV_LINES) + "\n")
+    env.chmod(0o644)  # as an editor creates it under umask 022
+    args = {"path": str(tmp_path / "k.pem"), "env_file": str(env)}
+    check = run_module("did_keys", args, check=True, diff=True)
+    assert check.changed and not check.failed, check.msg
+    assert stat.S_IMODE(env.stat().st_mode) == 0o644
+    assert check.result["diff"]["after"]["env_file_attributes"] == {"mode": "0o600"}
+    res = run_module("did_keys", args, diff=True, verbosity=3)
+    assert res.changed and not res.failed, res.msg
+    assert res.result["changes"]["env_file"] == "set" and stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert res.result["diff"]["before"]["env_file_attributes"] == {"mode": "0o644"}
+    assert res.result["diff"]["after"]["env_file_attributes"] == {"mode": "0o600"}
+    assert env.read_text().splitlines()[:20] == ENV_LINES
+    assert raw_pub_from_openssl(env_key_pem(env)) == raw_pub_from_openssl((tmp_path / "k.pem").read_bytes())
+    assert not res.result.get("warnings")
+    again = run_module("did_keys", args)
+    assert not again.changed and not again.failed, again.msg
+    assert_no_key_material(res, (tmp_path / "k.pem").read_bytes())
+
+
+def test_env_keep_mode_keeps_a_readable_env_file_and_says_so(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("NODE_ENV=production\n")
+    env.chmod(0o644)
+    args = {"path": str(tmp_path / "k.pem"), "env_file": str(env), "env_keep_mode": True}
+    res = run_module("did_keys", args, diff=True)
+    assert res.changed and not res.failed, res.msg
+    assert res.result["changes"]["env_file"] == "set" and stat.S_IMODE(env.stat().st_mode) == 0o644
+    assert any(str(env) in w and "others may read it (mode 0644)" in w for w in res.result["warnings"])
+    assert "env_file_attributes" not in res.result["diff"]["after"]
+    again = run_module("did_keys", args)
+    assert not again.changed and stat.S_IMODE(env.stat().st_mode) == 0o644
+    assert any("others may read it" in w for w in again.result["warnings"])  # every run says it
+    assert_no_key_material(res, (tmp_path / "k.pem").read_bytes())

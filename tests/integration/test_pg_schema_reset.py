@@ -22,13 +22,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import (
     _OTHER_SESSIONS_SQL,
     LOCK_CLASSID,
     LOCK_OBJID,
-    PRISMA_MIGRATIONS_DDL,
     RESET_LOCK_KEY,
 )
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import PRISMA_MIGRATIONS_DDL
 from harness.ansible import run_module, run_playbook
 from harness.datagen import seed_hub_data
 from harness.pg import apply_migrations_with_psql, schema_dump
@@ -1020,3 +1020,130 @@ def test_check_mode_writes_the_preflight_progress(pg_db, fixture_migrations, tmp
     assert report["backup_path"] is None and report["backup_bytes"] == 0
     assert report["database_size"] == res.result["database_size"]
     assert pg_db.row_counts() == before
+
+
+# -- the COMMIT: refused by the server (rolled back) or unanswered (outcome unknown) --------------------
+
+
+def test_a_commit_the_server_refuses_rolls_back_everything(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
+    # A deferred unique constraint is checked at COMMIT: PostgreSQL answers the COMMIT with an error.
+    last = last_migration(migrations)
+    last.write_text(
+        last.read_text()
+        + '\nCREATE TABLE "dup" (id int, CONSTRAINT dup_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED);\n'
+        'INSERT INTO "dup" VALUES (1), (1);\n'
+    )
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, expected_environment="test"))
+    assert res.failed and res.result["step"] == "COMMIT" and res.result["sqlstate"] == "23505"
+    assert res.msg.startswith("COMMIT of the reset failed: ") and 'unique constraint "dup_id"' in res.msg
+    assert res.msg.endswith("; the transaction was rolled back, nothing was changed")
+    assert res.result["nothing_changed"] is True and "outcome_unknown" not in res.result
+    assert_untouched(pg_db, before)
+    assert marker(pg_db) is None
+
+
+def test_a_commit_without_an_answer_says_the_outcome_is_unknown(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    # A deferred constraint trigger runs inside the COMMIT; the session is terminated meanwhile.
+    last = last_migration(migrations)
+    last.write_text(
+        last.read_text() + '\nCREATE TABLE "slow_commit" (id int);\n'
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(60); "
+        "RETURN NULL; END $$;\n"
+        'CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON "slow_commit" DEFERRABLE INITIALLY DEFERRED '
+        "FOR EACH ROW EXECUTE FUNCTION slow_commit();\n"
+        'INSERT INTO "slow_commit" VALUES (1);\n'
+    )
+    box: dict = {}
+    runner = threading.Thread(
+        target=lambda: box.setdefault("res", run_module("pg_schema_reset", args_for(pg_db, migrations)))
+    )
+    runner.start()
+    killed = False
+    deadline = time.monotonic() + 90
+    while not killed and runner.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(psycopg2.Error):
+            killed = bool(
+                pg_db.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = %s AND state = 'active' AND query = 'COMMIT'",
+                    (pg_db.name, APP),
+                )
+            )
+        time.sleep(0.1)
+    runner.join(120)
+    assert killed
+    res = box["res"]
+    assert res.failed and res.result["step"] == "COMMIT" and res.result["outcome_unknown"] is True
+    assert "COMMIT of the reset got no answer" in res.msg and "_prisma_migrations" in res.msg
+    assert res.msg.endswith("; the outcome is unknown: check the state before running it again")
+    assert "nothing was changed" not in res.msg and "nothing_changed" not in res.result
+
+
+# -- what the reset creates and locks, as PostgreSQL reports it -------------------------------------------
+
+
+def test_the_reset_lock_is_the_pg_locks_entry_the_docs_name(pg_db) -> None:
+    holder = pg_db.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (RESET_LOCK_KEY,))
+            assert cur.fetchone()[0]
+        locks = pg_db.query(
+            "SELECT classid::bigint, objid::bigint, objsubid FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+            (holder.get_backend_pid(),),
+        )
+    finally:
+        holder.close()
+    assert locks == [(LOCK_CLASSID, LOCK_OBJID, 1)]
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pg_schema_reset.md").read_text()
+    assert f"classid = {LOCK_CLASSID} AND objid = {LOCK_OBJID} AND objsubid = 1" in docs
+    assert str(RESET_LOCK_KEY) in docs and RESET_LOCK_KEY == int.from_bytes(b"RingHub!", "big")
+
+
+def test_prisma_migrations_has_the_columns_prisma_migrate_creates(pg_db, fixture_migrations) -> None:
+    seeded(pg_db, fixture_migrations)
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations))
+    assert not res.failed, res.msg
+    columns = pg_db.query(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '_prisma_migrations' "
+        "ORDER BY ordinal_position"
+    )
+    # Prisma Migrate's own table (prisma-engines, migration-core): names, order, types, nullability, defaults.
+    assert columns == [
+        ("id", "character varying", 36, "NO", None),
+        ("checksum", "character varying", 64, "NO", None),
+        ("finished_at", "timestamp with time zone", None, "YES", None),
+        ("migration_name", "character varying", 255, "NO", None),
+        ("logs", "text", None, "YES", None),
+        ("rolled_back_at", "timestamp with time zone", None, "YES", None),
+        ("started_at", "timestamp with time zone", None, "NO", "now()"),
+        ("applied_steps_count", "integer", None, "NO", "0"),
+    ]
+    primary_key = pg_db.query(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = 'public._prisma_migrations'::regclass AND i.indisprimary"
+    )
+    assert primary_key == [("id",)]
+
+
+def test_warnings_gathered_before_a_failure_are_reported_with_it(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
+    last = last_migration(migrations)
+    last.write_text(last.read_text() + "\nSELECT no_such_function();\n")
+    args = args_for(pg_db, migrations)  # backup: false warns in the preflight
+    args["database_url"] += "&frobnicate=1"  # unknown to libpq: warned about when the URL is parsed
+    res = run_module("pg_schema_reset", args)
+    assert res.failed and "no_such_function" in res.msg and res.result["nothing_changed"] is True
+    warnings = res.result["warnings"]
+    assert any("backup is false" in w for w in warnings)
+    assert any("'frobnicate' is unknown to libpq" in w for w in warnings)
+    assert res.result["connection"]["database"] == pg_db.name and {"preflight", "reset"} <= set(res.result["seconds"])
+    assert_untouched(pg_db, before)

@@ -1,4 +1,4 @@
-"""The decisions of did_keys (plan + execute) on real files in a temporary directory."""
+"""The decisions of did_keys (plan + execute) on real files in a temporary directory, with a real AnsibleModule."""
 
 from __future__ import annotations
 
@@ -11,16 +11,26 @@ from typing import Any
 import pytest
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _did, _ed25519, _envfile
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._did_keys import execute, plan
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import NothingChanged, RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._did_keys import argument_spec, keep_keys
+from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
 
 KEY_A = _ed25519.private_key_from_seed(b"A" * 32)
 KEY_B = _ed25519.private_key_from_seed(b"B" * 32)
 
 
+@pytest.fixture(autouse=True)
+def _module_factory(ansible_module: Any) -> None:
+    global make_module
+    make_module = ansible_module
+
+
 def run(tmp_path: Path, check: bool = False, **params: Any) -> dict[str, Any]:
+    """did_keys on ``params`` (Ansible fills in the defaults); the result with changed, warnings and diff."""
     params.setdefault("path", str(tmp_path / "key.pem"))
-    return execute(plan(params), check)
+    module = make_module(argument_spec(), params, check, add_file_common_args=True)
+    outcome = keep_keys(module.params, Files(module))
+    return dict(outcome.result, changed=outcome.changed, warnings=outcome.warnings, diff=outcome.diff)
 
 
 def put_key(path: Path, key: Any) -> None:
@@ -49,6 +59,7 @@ def assert_no_secret(result: dict[str, Any], *keys: Any) -> None:
 def test_missing_key_is_adopted_from_a_valid_env_value(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text(f"A=1\nRING_HUB_PRIVATE_KEY={_envfile.encode_key_value(KEY_A)}\n")
+    env.chmod(0o600)
     before = env.read_bytes()
     res = run(tmp_path, env_file=str(env))
     assert res["key_source"] == "env_file" and res["changes"] == {"key_file": "created", "env_file": "unchanged"}
@@ -262,3 +273,77 @@ def test_publish_base64_adds_the_same_key_in_both_fields(tmp_path: Path) -> None
         run(tmp_path, hub_url="https://h.example", instance_document=str(doc))["changes"]["instance_document"]
         == "updated"
     )
+
+
+def env_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_an_env_file_others_may_read_is_tightened_when_it_gets_the_key(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("NODE_ENV=production\n")
+    env.chmod(0o644)  # as an editor creates it
+    check = run(tmp_path, check=True, env_file=str(env))
+    assert check["changes"]["env_file"] == "set" and env_mode(env) == 0o644
+    assert check["diff"]["before"]["env_file_attributes"] == {"mode": "0o644"}
+    res = run(tmp_path, env_file=str(env))
+    assert res["changes"]["env_file"] == "set" and env_mode(env) == 0o600
+    assert res["diff"]["after"]["env_file_attributes"] == {"mode": "0o600"} and res["warnings"] == []
+    assert env.read_text().startswith("NODE_ENV=production\n")
+    assert run(tmp_path, env_file=str(env))["changed"] is False
+
+
+def test_an_env_file_already_holding_the_key_is_tightened_as_an_attribute_change(tmp_path: Path) -> None:
+    put_key(tmp_path / "key.pem", KEY_A)
+    env = tmp_path / ".env"
+    env.write_text(f"RING_HUB_PRIVATE_KEY={_envfile.encode_key_value(KEY_A)}\n")
+    env.chmod(0o664)
+    before = env.read_bytes()
+    check = run(tmp_path, check=True, env_file=str(env))
+    assert check["changed"] and check["changes"] == {"key_file": "unchanged", "env_file": "attributes"}
+    assert env_mode(env) == 0o664
+    res = run(tmp_path, env_file=str(env))
+    assert res["changes"]["env_file"] == "attributes" and res["written"] == [] and res["backups"] == []
+    assert env_mode(env) == 0o600 and env.read_bytes() == before
+
+
+def test_env_keep_mode_keeps_a_readable_env_file_with_a_warning(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("A=1\n")
+    env.chmod(0o644)
+    res = run(tmp_path, env_file=str(env), env_keep_mode=True)
+    assert res["changes"]["env_file"] == "set" and env_mode(env) == 0o644
+    assert "env_file_attributes" not in res["diff"]["after"]
+    (warning,) = res["warnings"]
+    assert str(env) in warning and "others may read it (mode 0644)" in warning and "env_keep_mode" in warning
+    again = run(tmp_path, env_file=str(env), env_keep_mode=True)
+    assert again["changed"] is False and env_mode(env) == 0o644 and len(again["warnings"]) == 1
+
+
+def test_group_readable_and_conflicting_env_files_keep_their_mode(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("A=1\n")
+    env.chmod(0o640)  # nothing for others: the operator's choice stays
+    res = run(tmp_path, env_file=str(env))
+    assert res["changes"]["env_file"] == "set" and env_mode(env) == 0o640
+    other = tmp_path / "other.env"
+    other.write_text(f"RING_HUB_PRIVATE_KEY={_envfile.encode_key_value(KEY_B)}\n")
+    other.chmod(0o644)
+    left = run(tmp_path, env_file=str(other))  # a different key: left unchanged under never, mode included
+    assert left["changes"]["env_file"] == "unchanged" and env_mode(other) == 0o644 and left["conflicts"]
+
+
+def test_plan_failures_say_nothing_was_changed(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(b"not a key")
+    with pytest.raises(NothingChanged) as err:
+        run(tmp_path)
+    assert "left as it is" in err.value.msg and err.value.operator_message.endswith("; nothing was changed")
+    assert key_file.read_bytes() == b"not a key"
+
+
+def test_warnings_given_before_a_refusal_go_with_it(tmp_path: Path) -> None:
+    put_key(tmp_path / "key.pem", KEY_A)  # not encrypted: a passphrase for it is warned about
+    with pytest.raises(NothingChanged, match="needs base_url or hub_url") as err:
+        run(tmp_path, passphrase="unused", user_document={"path": str(tmp_path / "u.json"), "id": "u1"})
+    assert len(err.value.warnings) == 1 and "not encrypted" in err.value.warnings[0]

@@ -1,10 +1,7 @@
-"""Key file inspection, backups and atomic writes."""
+"""Key file inspection: what a key file holds, and that a bad one is named and left alone."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519, _keyfile
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
 
 NOENC = serialization.NoEncryption()
 
@@ -100,45 +96,3 @@ def test_a_directory_is_reported_unreadable(tmp_path: Path) -> None:
     (tmp_path / "dir.pem").mkdir()
     state = _keyfile.inspect_key_file(str(tmp_path / "dir.pem"))
     assert state["exists"] and state["problem"] == "unreadable"
-
-
-def test_write_atomic_sets_mode_and_replaces(tmp_path: Path) -> None:
-    target = tmp_path / "k"
-    _keyfile.write_atomic(str(target), b"one", 0o600)
-    assert target.read_bytes() == b"one" and stat.S_IMODE(target.stat().st_mode) == 0o600
-    _keyfile.write_atomic(str(target), b"two", 0o640)
-    assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
-    with pytest.raises(RingHubError, match="does not exist"):
-        _keyfile.write_atomic(str(tmp_path / "missing" / "k"), b"x", 0o600)
-
-
-def test_backup_is_a_0600_byte_copy_with_timestamp_and_no_collision(tmp_path: Path) -> None:
-    src = tmp_path / "key.pem"
-    src.write_bytes(b"old key bytes")
-    src.chmod(0o644)
-    now = datetime.datetime(2026, 11, 28, 17, 30, 5, tzinfo=datetime.timezone.utc)  # noqa: UP017
-    first = _keyfile.backup_file(str(src), now)
-    second = _keyfile.backup_file(str(src), now)
-    assert first == f"{src}.20261128T173005Z.bak"
-    assert second == f"{src}.20261128T173005Z.1.bak"
-    for name in (first, second):
-        assert Path(name).read_bytes() == b"old key bytes"
-        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
-
-
-def test_parse_mode_and_attrs(tmp_path: Path) -> None:
-    assert (
-        _keyfile.parse_mode("0600") == 0o600 and _keyfile.parse_mode("640") == 0o640 and _keyfile.parse_mode(384) == 384
-    )
-    with pytest.raises(RingHubError, match="octal"):
-        _keyfile.parse_mode("rw-------")
-    path = tmp_path / "f"
-    path.write_bytes(b"")
-    path.chmod(0o644)
-    assert _keyfile.attrs_differ(str(path), 0o600) == {"mode": ("0o644", "0o600")}
-    _keyfile.apply_attrs(str(path), 0o600)
-    assert _keyfile.attrs_differ(str(path), 0o600) == {}
-    assert _keyfile.resolve_uid(None) == -1 and _keyfile.resolve_uid("0") == 0
-    with pytest.raises(RingHubError, match="does not exist"):
-        _keyfile.resolve_uid("no-such-user-ringhub")

@@ -14,6 +14,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations 
     check_migrations,
     load_migrations_dir,
     load_sql_files,
+    prepare_migrations,
     split_statements,
     strip_transaction_brackets,
 )
@@ -141,14 +142,30 @@ def test_check_migrations_lists_every_problem() -> None:
 
 def test_transaction_brackets_can_be_stripped_keeping_lines_and_checksum() -> None:
     sql = "-- AlterEnum\nBEGIN;\nCREATE TYPE x AS ENUM ('a');\nCOMMIT ;\nSELECT 'BEGIN;';\nbegin transaction;\nEND;\n"
-    m = Migration("m", "m.sql", "sum", sql)
+    original = Migration("m", "m.sql", "sum", sql)
     assert problems(sql)  # refused by default
-    assert check_migration(m, strip_transaction_control=True) == []
-    assert strip_transaction_brackets(m) == [2, 4, 6, 7]
-    assert m.sql.count("\n") == sql.count("\n") and m.checksum == "sum"
+    assert check_migration(original, strip_transaction_control=True) == []
+    m, lines = strip_transaction_brackets(original)
+    assert lines == [2, 4, 6, 7]
+    assert original.sql == sql  # the given migration is left as it is
+    assert m.sql.count("\n") == sql.count("\n") and m.checksum == "sum" and m.name == "m"
     assert "BEGIN;" not in m.sql.replace("'BEGIN;'", "") and "COMMIT" not in m.sql and "END" not in m.sql
     assert "CREATE TYPE x AS ENUM ('a');" in m.sql and "SELECT 'BEGIN;';" in m.sql
     # Brackets with options, and ROLLBACK, stay refused.
     assert check_migration(Migration("r", "r.sql", "", "ROLLBACK;"), strip_transaction_control=True)
     iso = Migration("i", "i.sql", "", "BEGIN ISOLATION LEVEL SERIALIZABLE;")
     assert check_migration(iso, strip_transaction_control=True)
+
+
+def test_prepare_migrations_returns_new_objects_and_the_lines_per_name() -> None:
+    plain = Migration("a", "a.sql", "s1", "CREATE TABLE t (id int);\n")
+    bracketed = Migration("b", "b.sql", "s2", "BEGIN;\nCREATE TYPE e AS ENUM ('x');\nCOMMIT;\n")
+    given = [plain, bracketed]
+    prepared, stripped = prepare_migrations(given, strip_transaction_control=True)
+    assert stripped == {"b": [1, 3]}
+    assert [m.name for m in prepared] == ["a", "b"] and prepared is not given
+    assert prepared[1] is not bracketed and bracketed.sql.startswith("BEGIN;")
+    assert "BEGIN" not in prepared[1].sql and "CREATE TYPE e" in prepared[1].sql
+    assert prepared[0].sql == plain.sql
+    unchanged, none = prepare_migrations(given)
+    assert none == {} and unchanged == given and unchanged is not given

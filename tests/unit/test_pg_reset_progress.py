@@ -13,12 +13,11 @@ import pytest
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import PhaseTimer, RingHubError
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg import ConnSpec
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import run_polled
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import PROGRESS_PHASES, Progress
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_reset import (
-    PROGRESS_PHASES,
-    Progress,
     ResetOptions,
     SchemaReset,
-    run_polled,
     summary_line,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
@@ -159,12 +158,15 @@ def test_root_ring_options_are_ring_seeds_and_use_its_constants() -> None:
 
 def test_preview_of_a_fresh_schema_is_the_create_plan_without_ids() -> None:
     seeder = RingSeeder(ConnSpec(dbname="db"), RootRing(owner_did=OWNER, slug="root"), check_mode=True)
-    result = seeder.preview_fresh("hub")
+    preview = seeder.preview_fresh("hub")
+    result = preview.result
+    assert preview.changed is True and preview.warnings == []
+    assert preview.diff["before"] == {"ring": {}, "roles": {}} and preview.diff["after"]["roles"] == DEFAULT_ROLES
     assert result["actions"] == ["create ring root", "create role owner", "create role moderator", "create role member"]
     assert result["ring"]["id"] is None and [r["id"] for r in result["roles"]] == [None, None, None]
     assert result["ring"]["metadata"]["isRoot"] is True and result["ring"]["owner_did"] == OWNER
     assert {r["name"]: r["permissions"] for r in result["roles"]} == DEFAULT_ROLES
-    assert result["schema"] == "hub" and result["changed"] is True and len(result["queries"]) == 4
+    assert result["schema"] == "hub" and len(result["queries"]) == 4
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import NothingChanged, RingHubError
 from ansible_collections.threadring.ringhub.plugins.module_utils._redis import RedisConnection
 from ansible_collections.threadring.ringhub.plugins.module_utils._redis_flush import (
     RedisFlusher,
     by_label,
     classify_probe_error,
+    flush_redis,
     glob_to_regex,
     parse_cluster_nodes,
     parse_keyspace,
@@ -56,8 +57,8 @@ def test_parse_version_and_async_support() -> None:
 
 
 def test_old_server_falls_back_to_synchronous_commands_with_a_warning() -> None:
-    warnings: list[str] = []
-    flusher = RedisFlusher(RedisConnection(), "pattern", patterns=["a*"], warn=warnings.append)
+    flusher = RedisFlusher(RedisConnection(), "pattern", patterns=["a*"])
+    warnings = flusher.warnings
 
     class Node:
         name = "10.0.0.1:6379"
@@ -112,9 +113,7 @@ def test_parse_cluster_nodes() -> None:
 
 def test_probe_messages() -> None:
     renamed = classify_probe_error("FLUSHALL", "unknown command 'FLUSHALL'", "default", "h:1", "all")
-    assert (
-        renamed and "renamed or disabled" in renamed and "mode: pattern" in renamed and "Nothing was deleted" in renamed
-    )
+    assert renamed and "renamed or disabled" in renamed and "mode: pattern" in renamed
     denied = classify_probe_error("FLUSHALL", "NOPERM no permissions to run flushall", "app", "h:1", "all")
     assert denied and "'app' may not run FLUSHALL on h:1" in denied and "ACL" in denied and "mode: pattern" in denied
     in_pattern = classify_probe_error("UNLINK", "NOPERM no permissions to access a key", "app", "h:1", "pattern")
@@ -124,7 +123,7 @@ def test_probe_messages() -> None:
 
 def test_flusher_validates_its_arguments() -> None:
     conn = RedisConnection()
-    with pytest.raises(RingHubError, match="at least one pattern"):
+    with pytest.raises(NothingChanged, match="at least one pattern"):
         RedisFlusher(conn, "pattern")
     with pytest.raises(RingHubError, match="must not be empty"):
         RedisFlusher(conn, "pattern", patterns=[""])
@@ -132,3 +131,12 @@ def test_flusher_validates_its_arguments() -> None:
         RedisFlusher(conn, "keys")
     with pytest.raises(RingHubError, match="batch_size"):
         RedisFlusher(conn, "all", batch_size=0)
+
+
+def test_patterns_outside_pattern_mode_and_a_bad_connection_change_nothing() -> None:
+    params = {"mode": "all", "patterns": ["x*"], "asynchronous": True, "batch_size": 10}
+    with pytest.raises(NothingChanged, match="only apply to mode: pattern"):
+        flush_redis(params, check_mode=False)
+    with pytest.raises(NothingChanged, match="need tls=true") as err:
+        flush_redis(dict(params, patterns=None, ca_cert="/ca.pem"), check_mode=False)
+    assert err.value.operator_message.endswith("; nothing was changed")

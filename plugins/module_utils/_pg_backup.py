@@ -1,0 +1,246 @@
+# Copyright: Contributors to the threadring.ringhub collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pg_schema_reset's verified backup: the client tools, the backup directory, ``pg_dump`` and its read-back.
+
+``find_tools()`` picks ``pg_dump`` and ``pg_restore`` and refuses a ``pg_dump``
+older than the server; ``check_backup_dir()`` creates and removes a probe file
+(a real write test, root included); ``make_backup()`` runs ``pg_dump
+--format=custom`` of the whole database into a new 0600 file (optionally in an
+exported snapshot), reads it back with ``pg_restore --list`` and requires the
+data of every table of the schema in it. A failed backup leaves no file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg import ConnSpec
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import PROGRESS_INTERVAL, Progress
+
+
+@dataclass
+class Tools:
+    pg_dump: str
+    pg_restore: str
+    pg_dump_version: str
+    pg_dump_major: int
+
+
+def tool_version(path: str) -> tuple[str, int]:
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        raise RingHubError(f"cannot run {path}: {exc.strerror}", path=path) from None
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise RingHubError(f"{path} --version gave no PostgreSQL version: {(proc.stdout + proc.stderr).strip()!r}")
+    version = match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
+    return version, int(match.group(1))
+
+
+def _resolve_tool(name: str, option: str, given: str | None, near: str | None = None) -> str:
+    if given:
+        path = os.path.join(given, name) if os.path.isdir(given) else given
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise RingHubError(f"{option} {given}: no executable {name} there", path=given)
+        return path
+    if near:
+        sibling = os.path.join(os.path.dirname(near), name)
+        if os.path.isfile(sibling) and os.access(sibling, os.X_OK):
+            return sibling
+    found = shutil.which(name)
+    if not found:
+        raise RingHubError(
+            f"{name} not found on PATH ({os.environ.get('PATH', '')}); install the PostgreSQL client "
+            f"(same major version as the server or newer) or set {option}"
+        )
+    return found
+
+
+def find_tools(
+    pg_dump_path: str | None, pg_restore_path: str | None, server_version_num: int, server_version: str
+) -> Tools:
+    """The ``pg_dump`` and ``pg_restore`` to use (options, else beside each other, else on PATH), versions checked."""
+    pg_dump = _resolve_tool("pg_dump", "pg_dump_path", pg_dump_path)
+    pg_restore = _resolve_tool("pg_restore", "pg_restore_path", pg_restore_path, near=pg_dump)
+    version, major = tool_version(pg_dump)
+    server_major = server_version_num // 10000
+    if major < server_major:
+        raise RingHubError(
+            f"{pg_dump} is version {version}, older than the server ({server_version}); pg_dump must be the "
+            f"server's major version ({server_major}) or newer: install it or set pg_dump_path",
+            pg_dump=pg_dump,
+        )
+    restore_major = tool_version(pg_restore)[1]
+    if restore_major < major:
+        raise RingHubError(f"{pg_restore} is older than {pg_dump} ({version}): it cannot read the backup")
+    return Tools(pg_dump=pg_dump, pg_restore=pg_restore, pg_dump_version=version, pg_dump_major=major)
+
+
+def check_backup_dir(path: str) -> dict[str, Any]:
+    """The backup directory exists and a file can be created in it (a real probe, root included)."""
+    if not os.path.exists(path):
+        raise RingHubError(
+            f"backup_dir {path} does not exist: create it (mode 0700, owned by the user running the module) "
+            "or set backup_dir to an existing directory",
+            path=path,
+        )
+    if not os.path.isdir(path):
+        raise RingHubError(f"backup_dir {path} is not a directory", path=path)
+    probe = os.path.join(path, f".ringhub-write-probe-{uuid.uuid4().hex}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RingHubError(f"backup_dir {path} is not writable: {exc.strerror}", path=path) from None
+    usage = shutil.disk_usage(path)
+    return {"path": path, "free_bytes": usage.free}
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80] or "db"
+
+
+def _client_env(spec: ConnSpec, application_name: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(spec.libpq_env())
+    env["PGAPPNAME"] = application_name
+    env["LC_ALL"] = "C"
+    return env
+
+
+def run_polled(
+    cmd: list[str], env: dict[str, str], tick: Callable[[], None] | None = None, interval: float = PROGRESS_INTERVAL
+) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``, calling ``tick()`` every
+    ``interval`` seconds while the process runs (no polling without ``tick``)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            while True:
+                try:
+                    stdout, stderr = proc.communicate(timeout=interval if tick else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    if tick is not None:
+                        tick()
+        except BaseException:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def make_backup(
+    spec: ConnSpec,
+    tools: Tools,
+    backup_dir: str,
+    schema: str,
+    tables: list[str],
+    snapshot: str | None = None,
+    progress: Progress | None = None,
+    application_name: str = "threadring.ringhub.backup",
+) -> dict[str, Any]:
+    """``pg_dump -Fc`` of the whole database, mode 0600, read back with ``pg_restore --list``.
+
+    With ``snapshot`` (from ``pg_export_snapshot()``) the dump sees exactly that snapshot.
+    With an enabled ``progress`` the running pg_dump is polled and the file's size reported.
+    """
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{_safe_name(spec.dbname or 'db')}-{_safe_name(schema)}-{stamp}"
+    path = os.path.join(backup_dir, base + ".dump")
+    suffix = 1
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            suffix += 1
+            path = os.path.join(backup_dir, f"{base}-{suffix}.dump")
+        except OSError as exc:
+            raise RingHubError(f"cannot create backup file {path}: {exc.strerror}", path=path) from None
+    os.close(fd)
+    os.chmod(path, 0o600)
+    env = _client_env(spec, application_name)
+    tick = None
+    if progress is not None and progress.enabled:
+        progress.dump_started(path)
+
+        def tick() -> None:
+            progress.dump_size(_file_size(path))
+
+    try:
+        proc = run_polled(
+            [tools.pg_dump, "--format=custom", "--no-password", "--file", path]
+            + ([f"--snapshot={snapshot}"] if snapshot else []),
+            env,
+            tick,
+        )
+        if proc.returncode != 0:
+            raise RingHubError(
+                f"pg_dump of database {spec.dbname!r} failed (exit {proc.returncode}): "
+                + spec.redact(proc.stderr.strip()[-2000:]),
+                pg_dump=tools.pg_dump,
+            )
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if progress is not None and progress.enabled:
+            progress.dump_size(_file_size(path))
+            progress.phase("verify_backup")
+        listing = subprocess.run(
+            [tools.pg_restore, "--list", path], capture_output=True, text=True, env=env, check=False
+        )
+        if listing.returncode != 0:
+            raise RingHubError(
+                f"pg_restore --list cannot read the backup {path}: " + spec.redact(listing.stderr.strip()[-2000:]),
+                path=path,
+            )
+        entries = [line for line in listing.stdout.splitlines() if re.match(r"^\d+;", line)]
+        data_entries = {line.split(" TABLE DATA ", 1)[1] for line in entries if " TABLE DATA " in line}
+        missing = [t for t in tables if not any(e.startswith(f"{schema} {t} ") for e in data_entries)]
+        if missing:
+            raise RingHubError(
+                f"the backup {path} lists no data for tables {missing} of schema {schema!r}",
+                path=path,
+            )
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return {
+        "path": path,
+        "size": os.path.getsize(path),
+        "sha256": sha.hexdigest(),
+        "toc_entries": len(entries),
+        "mode": "0600",
+        "pg_dump": tools.pg_dump,
+        "pg_dump_version": tools.pg_dump_version,
+    }
