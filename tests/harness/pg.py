@@ -12,6 +12,8 @@ Loaded as a pytest plugin (``-p harness.pg``); fixtures:
 - ``pg_server``: one cluster per test session.
 - ``pg_db``: a fresh, empty database on that cluster per test, dropped afterwards.
 - ``pg_server_factory``: start extra clusters (for tests that stop or break them).
+- ``pg_standby_factory``: ``pg_standby_factory(primary)`` starts a streaming replica of a
+  cluster (``PgStandby``: ``pg_basebackup -R`` from it, its own port and directory).
 - ``fixture_migrations`` / ``reference_migrations``: migration directories.
 """
 
@@ -335,6 +337,77 @@ class PgServer:
         return int(self.query("SHOW server_version_num")[0][0]) // 10000
 
 
+class PgStandby(PgServer):
+    """A streaming replica of a ``PgServer``: ``pg_basebackup -R`` from it, then its own port and socket.
+
+    The roles (and so the superuser's password) are the primary's. As root the standby runs as the
+    same unprivileged account as the primary. ``pause_replay()``/``resume_replay()`` hold its WAL
+    replay back (the WAL keeps streaming in), so a test can make it lag on purpose.
+    """
+
+    def __init__(self, primary: PgServer, base_dir: str | Path | None = None, port: int | None = None) -> None:
+        super().__init__(base_dir, port)
+        self.primary = primary
+        self.password = primary.password
+        self.bindir = primary.bindir
+
+    def start(self) -> PgStandby:
+        self.socket_dir.mkdir()
+        os.chmod(self.base_dir, 0o755)
+        if self._user is not None:
+            for path in (self.base_dir, self.socket_dir):
+                os.chown(path, self._user.pw_uid, self._user.pw_gid)
+        env = self._server_env()
+        env["PGPASSWORD"] = self.primary.password
+        proc = subprocess.run(
+            [
+                str(self.bindir / "pg_basebackup"),
+                "-D", str(self.data_dir),
+                "-h", self.primary.host,
+                "-p", str(self.primary.port),
+                "-U", self.primary.superuser,
+                "-R",  # standby.signal + primary_conninfo
+                "-X", "stream",
+                "-c", "fast",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(self.base_dir),
+            check=False,
+            **self._as_server_user(),
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as fh:
+            fh.write("\n# threadring.ringhub test harness: the standby's own address\n")
+            fh.write(f"port = {self.port}\nunix_socket_directories = '{self.socket_dir}'\nhot_standby = on\n")
+        self._run_server_tool("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60", "start")
+        self.started = True
+        _LIVE.add(self)
+        self._wait_ready()
+        return self
+
+    def replay_lsn(self) -> str:
+        return self.query("SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
+    def pause_replay(self) -> None:
+        self.execute("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        self.execute("SELECT pg_wal_replay_resume()")
+
+    def wait_replayed(self, lsn: str, timeout: float = 30.0) -> float:
+        """Poll until the standby has replayed ``lsn``; the seconds it took."""
+        begin = time.monotonic()
+        while time.monotonic() - begin < timeout:
+            if self.query("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][0]:
+                return time.monotonic() - begin
+            time.sleep(0.02)
+        raise RuntimeError(f"standby on port {self.port} has not replayed {lsn} after {timeout}s")
+
+
 def apply_migrations_with_psql(db: PgDatabase, migrations_dir: Path, schema: str = "public") -> list[str]:
     """Apply every ``<dir>/migration.sql`` in lexical order with psql, as a reference build."""
     names = sorted(p.parent.name for p in Path(migrations_dir).glob("*/migration.sql"))
@@ -402,6 +475,23 @@ def pg_server_factory() -> Iterator[Any]:
     finally:
         for server in servers:
             server.cleanup()
+
+
+@pytest.fixture
+def pg_standby_factory() -> Iterator[Any]:
+    """Start streaming replicas: ``standby = pg_standby_factory(primary)``; all removed after the test."""
+    standbys: list[PgStandby] = []
+
+    def make(primary: PgServer) -> PgStandby:
+        standby = PgStandby(primary)
+        standbys.append(standby)
+        return standby.start()
+
+    try:
+        yield make
+    finally:
+        for standby in standbys:
+            standby.cleanup()
 
 
 @pytest.fixture(scope="session")
