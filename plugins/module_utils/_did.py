@@ -235,6 +235,28 @@ def profile_service(did: str, profile_url: str) -> dict[str, str]:
     return {"id": f"{did}#profile", "type": "Profile", "serviceEndpoint": profile_url}
 
 
+def profile_endpoint(base_url: str, user_id: str) -> str:
+    """A ``Profile`` endpoint the hub accepts for a user served under ``base_url``.
+
+    The hub ignores an endpoint that is neither ``https://`` nor starts with
+    ``http://localhost`` (the join then answers 400 ``Invalid DID Document``), so:
+    ``https://<host[:port]>/users/<user_id>`` for an https base URL,
+    ``http://localhost[:port]/users/<user_id>`` for a plain-http loopback one
+    (``localhost``, ``127.0.0.1``, ``::1``) and ``https://`` for any other host,
+    whose ``did:web`` documents resolve over https anyway.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RingHubError(f"base URL must be an http(s) URL with a host, got {base_url!r}")
+    port = f":{parts.port}" if parts.port else ""
+    if parts.scheme == "http" and _host_is_loopback(parts.hostname):
+        site = f"http://localhost{port}"
+    else:
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        site = f"https://{host}{port}"
+    return f"{site}/users/{quote(user_id, safe='')}"
+
+
 def build_user_document(
     base_url: str,
     user_id: str,
@@ -244,11 +266,11 @@ def build_user_document(
 ) -> dict[str, Any]:
     """The DID document of ``did:web:<host>:users:<user_id>`` with a ``Profile`` service.
 
-    ``profile_url`` defaults to ``<origin of base_url>/users/<user_id>`` (the hub takes
-    the last path segment of the profile URL as the member's handle).
+    ``profile_url`` defaults to ``profile_endpoint(base_url, user_id)``, an endpoint the
+    hub accepts (the hub takes the last path segment of the profile URL as the member's handle).
     """
     did = user_did(base_url, user_id)
-    endpoint = profile_url or f"{origin(base_url)}/users/{quote(user_id, safe='')}"
+    endpoint = profile_url or profile_endpoint(base_url, user_id)
     return build_document(did, raw_public_key, include_base64=include_base64, services=[profile_service(did, endpoint)])
 
 
