@@ -12,6 +12,7 @@ data of every table of the schema in it. A failed backup leaves no file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import ConnSpec
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
+    ConnSpec,
+    connect,
+    pg_error_text,
+    psycopg2,
+    sql,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import count_rows
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import PROGRESS_INTERVAL, Progress
 
 
@@ -159,10 +167,13 @@ def make_backup(
     snapshot: str | None = None,
     progress: Progress | None = None,
     application_name: str = "threadring.ringhub.backup",
+    exclude_schemas: list[str] | None = None,
 ) -> dict[str, Any]:
     """``pg_dump -Fc`` of the whole database, mode 0600, read back with ``pg_restore --list``.
 
     With ``snapshot`` (from ``pg_export_snapshot()``) the dump sees exactly that snapshot.
+    ``exclude_schemas`` (the kept schemas of the undo window, which no role but a superuser
+    may read) are left out of it.
     With an enabled ``progress`` the running pg_dump is polled and the file's size reported.
     """
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -191,7 +202,8 @@ def make_backup(
     try:
         proc = run_polled(
             [tools.pg_dump, "--format=custom", "--no-password", "--file", path]
-            + ([f"--snapshot={snapshot}"] if snapshot else []),
+            + ([f"--snapshot={snapshot}"] if snapshot else [])
+            + [f"--exclude-schema={quote_pattern(name)}" for name in exclude_schemas or []],
             env,
             tick,
         )
@@ -243,4 +255,89 @@ def make_backup(
         "mode": "0600",
         "pg_dump": tools.pg_dump,
         "pg_dump_version": tools.pg_dump_version,
+        "excluded_schemas": list(exclude_schemas or []),
     }
+
+
+def quote_pattern(name: str) -> str:
+    """A pg_dump/pg_restore name pattern that matches exactly ``name`` (``*``, ``?``, ``.`` and case kept)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def dump_tables(listing: str, schema: str) -> list[str]:
+    """The tables of ``schema`` whose data a ``pg_restore --list`` output holds."""
+    out = []
+    for line in listing.splitlines():
+        if re.match(r"^\d+;", line) and " TABLE DATA " in line:
+            rest = line.split(" TABLE DATA ", 1)[1]
+            if rest.startswith(f"{schema} "):
+                out.append(rest[len(schema) + 1 :].rsplit(" ", 1)[0])
+    return out
+
+
+def drill_database_name(dbname: str) -> str:
+    """``<database>_restore_drill_<8 hex>``, within PostgreSQL's 63 bytes."""
+    suffix = f"_restore_drill_{uuid.uuid4().hex[:8]}"
+    return _safe_name(dbname)[: 63 - len(suffix)] + suffix
+
+
+def restore_drill(
+    conn: Any,
+    spec: ConnSpec,
+    tools: Tools,
+    path: str,
+    schema: str,
+    rows: dict[str, int | None],
+    application_name: str = "threadring.ringhub.restore_drill",
+) -> dict[str, Any]:
+    """Restore the backup's ``schema`` into a new scratch database, count its rows, drop it.
+
+    ``conn`` (autocommit, on the target database) creates and drops the scratch
+    database (``CREATE DATABASE ... TEMPLATE template0``: the role needs CREATEDB).
+    The restore is ``pg_restore --single-transaction --exit-on-error --schema=<schema>``,
+    owners and privileges included. Returns ``database``, ``tables`` (name, backup and
+    restored rows), ``differences`` (table: [backup rows, restored rows]) and ``warnings``
+    (a scratch database that could not be dropped); the scratch database is dropped whatever happens.
+    """
+    scratch = drill_database_name(spec.dbname or "db")
+    scratch_spec = dataclasses.replace(spec, dbname=scratch)
+    created = False
+    left: list[str] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+            created = True
+        env = _client_env(scratch_spec, application_name)
+        proc = subprocess.run(
+            [tools.pg_restore, "--single-transaction", "--exit-on-error", "--no-password",
+             f"--schema={schema}", "--dbname", scratch, path],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RingHubError(
+                f"the restore drill cannot restore the backup {path} into a scratch database: "
+                + spec.redact(proc.stderr.strip()[-2000:]),
+                path=path,
+            )
+        check = connect(scratch_spec, application_name)
+        try:
+            with check.cursor() as cur:
+                restored = {t["name"]: t["rows"] for t in count_rows(cur, schema, sorted(rows))}
+        finally:
+            check.close()
+    except psycopg2.Error as exc:
+        raise RingHubError(f"the restore drill failed: {pg_error_text(exc, spec)}") from None
+    finally:
+        if created:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+            except psycopg2.Error as exc:
+                left.append(
+                    f"the scratch database {scratch!r} of the restore drill could not be dropped "
+                    f"({pg_error_text(exc, spec)}): drop it by hand"
+                )
+    tables = [{"name": name, "backup_rows": rows[name], "restored_rows": restored.get(name)} for name in sorted(rows)]
+    differences = {t["name"]: [t["backup_rows"], t["restored_rows"]] for t in tables
+                   if t["backup_rows"] != t["restored_rows"]}  # fmt: skip
+    return {"database": scratch, "tables": tables, "differences": differences, "warnings": left}

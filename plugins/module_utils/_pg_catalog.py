@@ -54,6 +54,7 @@ class SchemaState:
     can_drop: bool = False
     can_create: bool = False
     can_mark: bool = False
+    can_create_database: bool = False
     default_acl_roles_ok: bool = True
     other_sessions: int = 0
 
@@ -67,7 +68,8 @@ SELECT current_setting('server_version_num')::int,
        r.rolsuper,
        r.rolsuper OR pg_has_role(current_user, d.datdba, 'MEMBER'),
        r.rolsuper OR has_database_privilege(current_database(), 'CREATE'),
-       pg_database_size(d.oid)
+       pg_database_size(d.oid),
+       r.rolsuper OR r.rolcreatedb
 FROM pg_database d, pg_roles r
 WHERE d.datname = current_database() AND r.rolname = current_user
 """
@@ -169,6 +171,7 @@ def read_state(cur: Any, schema: str) -> SchemaState:
         state.can_mark,
         state.can_create,
         state.database_size,
+        state.can_create_database,
     ) = cur.fetchone()
     cur.execute(_SCHEMA_SQL, (schema,))
     row = cur.fetchone()

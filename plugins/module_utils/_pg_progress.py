@@ -21,7 +21,8 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._common import 
 # Seconds between two writes of the progress file while pg_dump runs.
 PROGRESS_INTERVAL = 0.5
 PROGRESS_PHASES = (
-    "validate", "connect", "lock", "preflight", "count", "backup", "verify_backup", "reset", "done", "failed",
+    "validate", "connect", "lock", "preflight", "count", "backup", "verify_backup", "restore_drill", "reset", "done",
+    "failed",
 )  # fmt: skip
 
 

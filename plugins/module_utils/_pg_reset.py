@@ -27,6 +27,7 @@ reports what would be dropped, applied and seeded. ``progress_file``
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,16 +60,29 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup impo
     check_backup_dir,
     find_tools,
     make_backup,
+    restore_drill,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import (
     RESET_LOCK_KEY,
     SchemaState,
     count_rows,
-    lock_holder,
     read_state,
     role_rights,
     unreadable_tables,
 )
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_kept import (
+    DEFAULT_KEEP_FOR,
+    KeptRecord,
+    iso,
+    kept_listing,
+    kept_name,
+    kept_name_problem,
+    parse_kept,
+    parse_retention,
+    schema_sizes,
+    server_now,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_lock import release_reset_lock, take_reset_lock
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import (
     Migration,
     check_migrations,
@@ -109,6 +123,9 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         strip_transaction_control=dict(type="bool", default=False),
         root_ring=dict(type="dict", options=seed_argument_spec()),
         progress_file=dict(type="path"),
+        keep_previous=dict(type="bool", default=False),
+        keep_previous_for=dict(type="str", default=DEFAULT_KEEP_FOR),
+        restore_drill=dict(type="bool", default=False),
     )
     return spec
 
@@ -135,13 +152,22 @@ class ResetOptions:
     allow_outside_drops: bool = False
     migrations_role: str | None = None
     root_ring: RootRing | None = None
+    keep_previous: bool = False
+    keep_previous_for: str = DEFAULT_KEEP_FOR
+    restore_drill: bool = False
     check_mode: bool = False
+
+    @property
+    def keep_for(self) -> datetime.timedelta:
+        """The retention of the kept schema (``keep_previous_for``; validated by ``validate_options``)."""
+        return parse_retention(self.keep_previous_for)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], schema: str, check_mode: bool) -> ResetOptions:
         """From the module's parameters (shaped by ``argument_spec()``) and the connection's schema."""
         names = ("expected_environment", "backup", "backup_dir", "pg_dump_path", "pg_restore_path",
-                 "terminate_sessions", "lock_timeout", "allow_outside_drops", "migrations_role")  # fmt: skip
+                 "terminate_sessions", "lock_timeout", "allow_outside_drops", "migrations_role", "keep_previous",
+                 "keep_previous_for", "restore_drill")  # fmt: skip
         ring = params.get("root_ring")
         return cls(
             schema=schema,
@@ -225,6 +251,11 @@ class SchemaReset:
         self.preflight_marker: str | None = None
         self.warnings: list[str] = []
         self.state = SchemaState()
+        self.kept_records: list[KeptRecord] = []
+        self.kept_listing: list[dict[str, Any]] = []
+        self.schema_size = 0
+        self.kept_existing: list[str] = []
+        self.server_time: datetime.datetime | None = None
 
     # -- validation --------------------------------------------------------------
     def validate_options(self) -> None:
@@ -239,6 +270,16 @@ class SchemaReset:
             raise NothingChanged(f"lock_timeout {opts.lock_timeout!r} must look like 10s, 500ms or 1min")
         if opts.backup and not opts.backup_dir:
             raise NothingChanged("backup_dir is required unless backup is false")
+        if opts.restore_drill and not opts.backup:
+            raise NothingChanged("restore_drill restores the backup: it needs backup: true")
+        try:
+            parse_retention(opts.keep_previous_for)
+        except RingHubError as exc:
+            raise NothingChanged(exc.msg, option="keep_previous_for") from None
+        if opts.keep_previous:
+            problem = kept_name_problem(opts.schema)
+            if problem:
+                raise NothingChanged(f"keep_previous: {problem}", option="keep_previous")
         if opts.root_ring is not None:
             try:
                 opts.root_ring.validate()
@@ -253,32 +294,22 @@ class SchemaReset:
             yield
 
     def take_lock(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (RESET_LOCK_KEY,))
-            if cur.fetchone()[0]:
-                self.locked = True
-                return
-            holder = lock_holder(cur)
-        who = (
-            f"pid {holder[0]}, application {holder[1]!r}, user {holder[2]!r}, connected since {holder[4]}"
-            if holder
-            else "a session that has just ended"
-        )
-        raise NothingChanged(
-            f"another schema reset is running on database {self.spec.dbname!r} (it holds the reset lock, "
-            f"advisory key {RESET_LOCK_KEY}: {who}). Wait for it to finish; if that "
-            "session is left over from an interrupted run, end it with "
-            f"SELECT pg_terminate_backend({holder[0] if holder else '<pid>'}) and run the reset again",
-            lock_key=RESET_LOCK_KEY,
-            lock_holder_pid=holder[0] if holder else None,
-        )
+        take_reset_lock(self.conn, self.spec)
+        self.locked = True
 
     def preflight(self) -> None:
         opts = self.opts
         with self.conn.cursor() as cur:
             self.state = state = read_state(cur, opts.schema)
             unreadable = unreadable_tables(cur, opts.schema)
-        problems: list[str] = []
+            self.server_time = server_now(cur)
+            self.kept_records, kept_warnings = parse_kept(state.database_comment)
+            self.warnings.extend(kept_warnings)
+            self.kept_listing = kept_listing(cur, self.kept_records, self.server_time, opts.schema)
+            # Every kept schema of the database (of any hub schema): unreadable, so left out of the backup.
+            self.kept_existing = sorted(schema_sizes(cur, [r.name for r in self.kept_records]))
+            self.schema_size = schema_sizes(cur, [opts.schema]).get(opts.schema, {}).get("size_bytes", 0)
+        problems: list[str] = self.undo_window_problems()
         if unreadable and opts.backup:
             problems.append(
                 f"role {state.current_user!r} may not read tables {unreadable} of schema {opts.schema!r}, "
@@ -348,6 +379,44 @@ class SchemaReset:
                 problems=problems,
                 environment=self.environment_result(marked=False),
             )
+
+    def undo_window_problems(self) -> list[str]:
+        """What keeps ``keep_previous`` (and ``restore_drill``) from working here; warnings on the way."""
+        opts, state = self.opts, self.state
+        problems: list[str] = []
+        who = f"role {state.current_user!r}"
+        if opts.keep_previous and state.schema_exists:
+            if state.extensions:
+                problems.append(
+                    f"keep_previous cannot keep schema {opts.schema!r}: extensions {', '.join(state.extensions)} are "
+                    "installed in it and would stay with the kept schema, out of reach of the new one (move them "
+                    "with ALTER EXTENSION ... SET SCHEMA, or set keep_previous: false)"
+                )
+            if state.outside:
+                problems.append(
+                    f"keep_previous cannot keep schema {opts.schema!r}: objects in other schemas depend on it and "
+                    f"would follow the kept schema ({', '.join(state.outside)})"
+                )
+            if not state.can_mark:
+                problems.append(
+                    f"keep_previous records the kept schema in the database comment, which {who} may not write "
+                    f"(only the owner of database {state.database!r}, {state.database_owner!r}, a member of it, or a "
+                    "superuser can)"
+                )
+        elif opts.keep_previous:
+            self.warnings.append(f"keep_previous: schema {opts.schema!r} does not exist yet, so nothing is kept")
+        expired = [k["name"] for k in self.kept_listing if k["expired"]]
+        if expired and not state.can_mark:
+            self.warnings.append(
+                f"kept schemas past their retention are left in place ({', '.join(expired)}): {who} may not write "
+                "the database comment that records them"
+            )
+        if opts.restore_drill and not state.can_create_database:
+            problems.append(
+                f"restore_drill restores the backup into a scratch database, which {who} may not create "
+                "(it needs CREATEDB), or set restore_drill: false"
+            )
+        return problems
 
     def environment_result(self, marked: bool) -> dict[str, Any]:
         found = self.state.marker
@@ -443,13 +512,24 @@ class SchemaReset:
                 database_size=state.database_size,
                 migrations_role=self.migrations_role,
                 other_sessions=state.other_sessions,
+                kept_schemas=self.kept_listing,
             )
+            if opts.keep_previous and state.schema_exists:
+                self.warnings.append(
+                    f"keep_previous: schema {opts.schema!r} ({self.schema_size} bytes) is kept, unreachable for the "
+                    f"hub, for {opts.keep_previous_for}; the database holds that disk space until the next reset "
+                    "after that, or a purge, drops it"
+                )
         if opts.check_mode:
             return self._check_mode_result(result, tools)
         backup_rows: dict[str, int | None] | None = None
         if opts.backup and tools is not None:
             with self._phase("backup"):
                 result["backup"], backup_rows = self.backup(tools)
+            if opts.restore_drill:
+                with self._phase("restore_drill"):
+                    result["backup"]["restore_drill"] = self.restore_drill(tools, result["backup"], backup_rows)
+                result["backup"]["restore_drill"]["seconds"] = self.timer.seconds["restore_drill"]
         else:
             result["backup"] = {"skipped": True}
         with self._phase("reset"):
@@ -466,6 +546,14 @@ class SchemaReset:
         result["dropped"] = self.dropped_summary(out["dropped_tables"])
         result["applied"] = out["applied"]
         result["terminated_sessions"] = out.get("terminated_sessions", [])
+        result["commit_lsn"] = out.get("commit_lsn")
+        result["kept"] = out.get("kept")
+        result["purged"] = out.get("purged", [])
+        result["kept_schemas"] = out.get("kept_schemas", self.kept_listing)
+        if result["kept"]:
+            result["kept"]["size_bytes"] = next(
+                (k["size_bytes"] for k in result["kept_schemas"] if k["name"] == result["kept"]["name"]), 0
+            )
         result["environment"] = self.environment_result(marked=bool(out.get("marked")))
         if "root_ring" in out:
             result["root_ring"] = self._root_ring_result(out["root_ring"], result["environment"]["value"])
@@ -486,10 +574,42 @@ class SchemaReset:
         if tools:
             result["backup"].update(pg_dump=tools.pg_dump, pg_dump_version=tools.pg_dump_version)
         result["environment"] = self.environment_result(marked=False)
+        result["would_keep"] = self.would_keep()
+        result["would_purge"] = [k for k in self.kept_listing if k["expired"]] if self.state.can_mark else []
         if opts.root_ring is not None:
             preview = RingSeeder(self.spec, opts.root_ring, check_mode=True).preview_fresh(opts.schema)
             result["root_ring"] = self._root_ring_result(preview, result["environment"]["value"])
         return self._finish(result)
+
+    def would_keep(self) -> dict[str, Any] | None:
+        """In check mode, what ``keep_previous`` would keep (None without it, or with no schema to keep)."""
+        if not (self.opts.keep_previous and self.state.schema_exists and self.server_time is not None):
+            return None
+        until = self.server_time + self.opts.keep_for
+        return {
+            "schema": self.opts.schema,
+            "name": kept_name(self.opts.schema, "reset", self.server_time),
+            "until": iso(until),
+            "size_bytes": self.schema_size,
+            "keep_for": self.opts.keep_previous_for,
+        }
+
+    def restore_drill(self, tools: Tools, backup: dict[str, Any], rows: dict[str, int | None]) -> dict[str, Any]:
+        """Restore the backup into a scratch database and compare its row counts with the backup's snapshot."""
+        drill = restore_drill(
+            self.conn, self.spec, tools, backup["path"], self.opts.schema, rows,
+            application_name=APPLICATION_NAME + ".restore_drill",
+        )  # fmt: skip
+        self.warnings.extend(drill.pop("warnings"))
+        if drill["differences"]:
+            raise NothingChanged(
+                f"the restore drill of the backup {backup['path']} into a scratch database gave other row counts than "
+                f"the database had when it was backed up (table: backup, restored): {drill['differences']}; the "
+                "backup file is kept for inspection",
+                restore_drill=drill,
+                path=backup["path"],
+            )
+        return drill
 
     def transaction(self) -> dict[str, Any]:
         """The one transaction (``_pg_transaction``), with what the preflight found."""
@@ -518,7 +638,7 @@ class SchemaReset:
                 rows = {t["name"]: t["rows"] for t in count_rows(cur, opts.schema, tables)}
                 info = make_backup(
                     self.spec, tools, opts.backup_dir or "", opts.schema, tables, snapshot, self.progress,
-                    application_name=APPLICATION_NAME + ".backup",
+                    application_name=APPLICATION_NAME + ".backup", exclude_schemas=self.kept_existing,
                 )  # fmt: skip
         except psycopg2.Error as exc:
             raise RingHubError(f"the backup transaction failed: {pg_error_text(exc, self.spec)}") from None
@@ -540,8 +660,7 @@ class SchemaReset:
                 rollback_quietly(self.conn)
                 self.conn.autocommit = True
                 if self.locked:
-                    with self.conn.cursor() as cur:
-                        cur.execute("SELECT pg_advisory_unlock(%s)", (RESET_LOCK_KEY,))
+                    release_reset_lock(self.conn)
                     self.locked = False
             except psycopg2.Error:
                 pass
@@ -555,16 +674,28 @@ def summary_line(result: dict[str, Any], check_mode: bool) -> str:
     backup = result.get("backup", {})
     env = result.get("environment", {})
     verb = ("would drop", "would apply") if check_mode else ("dropped", "applied")
+    kept = result.get("would_keep") if check_mode else result.get("kept")
+    what = f"{len(tables)} tables ({dropped.get('total_rows', 0)} rows)"
+    if kept:
+        what += f" kept as {kept['name']} until {kept['until']}"
+        verb = ("would set aside", verb[1]) if check_mode else ("set aside", verb[1])
     parts = [
         f"schema {result.get('schema')} of database {result.get('database')}:",
-        f"{verb[0]} {len(tables)} tables ({dropped.get('total_rows', 0)} rows),",
+        f"{verb[0]} {what},",
         f"{verb[1]} {len(result.get('migrations', []))} migrations,",
         (
             f"backup {backup['path']} ({backup['size']} bytes, sha256 {backup['sha256']})"
             if backup.get("path")
             else "no backup" + (" (check mode)" if check_mode and backup.get("reason") else "")
         )
+        + (
+            f" restore drill passed ({len(backup['restore_drill']['tables'])} tables, "
+            f"{backup['restore_drill']['seconds']} s)"
+            if backup.get("restore_drill")
+            else ""
+        )
         + ",",
+        undo_window_part(result, check_mode),
         root_ring_part(result.get("root_ring"), check_mode),
         f"environment {env.get('value') or 'unmarked'}"
         + (" (marked now)" if env.get("marked") else " (would be marked)" if env.get("would_mark") else "")
@@ -572,6 +703,16 @@ def summary_line(result: dict[str, Any], check_mode: bool) -> str:
         f"{result['seconds']['total']} s",
     ]
     return " ".join(part for part in parts if part)
+
+
+def undo_window_part(result: dict[str, Any], check_mode: bool) -> str:
+    """The purged kept schemas in the summary line ("" when there are none)."""
+    parts = []
+    purged = result.get("would_purge") if check_mode else result.get("purged")
+    if purged:
+        names = ", ".join(k["name"] for k in purged)
+        parts.append(f"{'would drop' if check_mode else 'dropped'} kept schemas past their retention ({names}),")
+    return " ".join(parts)
 
 
 def root_ring_part(seeded: dict[str, Any] | None, check_mode: bool) -> str:

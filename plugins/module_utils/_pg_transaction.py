@@ -8,7 +8,9 @@ read the schema again (what is dropped is what is recorded), count the rows,
 privileges and default privileges (checked to be exactly the old ones),
 ``_prisma_migrations`` as Prisma Migrate creates it, every migration with its
 history row (as the migrations role), the root ring (``root_ring``, ring_seed's
-own ``RingSeeder``), the environment marker, ``COMMIT``.
+own ``RingSeeder``), the environment marker, ``COMMIT``, and then, on the
+same connection, the WAL position of that commit (``commit_lsn``: what a
+replica must have replayed to see the new schema).
 
 How it fails says what happened: a failure before the ``COMMIT`` is
 ``RolledBack`` (or ``NothingChanged`` when the connection was lost and the
@@ -45,6 +47,18 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog imp
     read_default_acl,
     read_schema_acl,
     read_state,
+)
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_kept import (
+    KeptRecord,
+    comment_with_kept,
+    existing_schemas,
+    iso,
+    kept_listing,
+    kept_name,
+    make_unreachable,
+    parse_kept,
+    purge_expired,
+    server_now,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations import Migration
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
@@ -116,6 +130,8 @@ class ResetTransaction:
         self.seed_warnings: list[str] = []
         # Set when COMMIT is sent: a failure from then on may have changed the database.
         self.committing = False
+        # The WAL position at or past the end of the COMMIT record (None when it could not be read).
+        self.commit_lsn: str | None = None
 
     def run(self) -> dict[str, Any]:
         """The transaction; its facts (``terminated_sessions``, ``dropped_tables``, ``applied``, ...)."""
@@ -134,8 +150,19 @@ class ResetTransaction:
                 state = self.state = read_state(cur, opts.schema)
                 self._recheck(state)
                 out["dropped_tables"] = count_rows(cur, opts.schema, state.tables)
-                step = f"DROP SCHEMA {opts.schema} CASCADE"
-                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(opts.schema)))
+                now = server_now(cur)
+                if opts.keep_previous and state.schema_exists:
+                    kept = kept_name(opts.schema, "reset", now, existing_schemas(cur))
+                    step = f"ALTER SCHEMA {opts.schema} RENAME TO {kept}"
+                    cur.execute(
+                        sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                            sql.Identifier(opts.schema), sql.Identifier(kept)
+                        )
+                    )
+                else:
+                    kept = None
+                    step = f"DROP SCHEMA {opts.schema} CASCADE"
+                    cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(opts.schema)))
                 step = f"CREATE SCHEMA {opts.schema}"
                 self._recreate_schema(cur, state)
                 step = "apply migrations"
@@ -145,14 +172,42 @@ class ResetTransaction:
                     step = "seed the root ring"
                     out["root_ring"] = self._seed_root_ring(cur, opts.root_ring)
                 cur.execute("RESET ROLE")
-                if opts.expected_environment is not None and state.marker is None:
-                    step = "set the environment marker"
-                    cur.execute(
-                        sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(state.database)),
-                        (marked_comment(state.database_comment, opts.expected_environment),),
+                add: list[KeptRecord] = []
+                if kept is not None:
+                    step = f"revoke every privilege on the kept schema {kept}"
+                    make_unreachable(cur, kept)
+                    record = KeptRecord(
+                        name=kept,
+                        schema=opts.schema,
+                        by="reset",
+                        kept_at=iso(now),
+                        until=iso(now + opts.keep_for),
+                        rows={t["name"]: t["rows"] for t in out["dropped_tables"]},
                     )
+                    add.append(record)
+                    out["kept"] = record.describe()
+                records, parse_warnings = parse_kept(state.database_comment)
+                self.warnings.extend(parse_warnings)
+                remove: set[str] = set()
+                if state.can_mark:
+                    step = "drop the kept schemas past their retention"
+                    out["purged"], remove, purge_warnings = purge_expired(cur, records, opts.schema, now)
+                    self.warnings.extend(purge_warnings)
+                comment = state.database_comment
+                if opts.expected_environment is not None and state.marker is None:
+                    comment = marked_comment(comment, opts.expected_environment)
                     out["marked"] = True
+                comment = comment_with_kept(comment, add, remove) if (add or remove) else comment
+                if comment != state.database_comment:
+                    step = "record the environment marker and the kept schemas in the database comment"
+                    cur.execute(
+                        sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(state.database)), (comment,)
+                    )
+                step = "list the kept schemas"
+                records = [r for r in records if r.name not in remove] + add
+                out["kept_schemas"] = kept_listing(cur, records, now, opts.schema)
             self._commit()
+            out["commit_lsn"] = self.commit_lsn
         except (NothingChanged, OutcomeUnknown):
             rollback_quietly(self.conn)
             raise
@@ -176,33 +231,25 @@ class ResetTransaction:
                 f"DROP SCHEMA {opts.schema} CASCADE would also drop objects in other schemas: "
                 f"{', '.join(state.outside)}"
             )
+        if opts.keep_previous and state.schema_exists and (state.outside or state.extensions):
+            raise RolledBack(
+                f"keep_previous cannot keep schema {opts.schema!r} any more: "
+                + "; ".join(
+                    filter(None, [
+                        state.outside and f"objects in other schemas depend on it ({', '.join(state.outside)})",
+                        state.extensions and f"extensions are installed in it ({', '.join(state.extensions)})",
+                    ])
+                )
+            )  # fmt: skip
         if state.marker != self.preflight_marker:
             raise RolledBack(
                 f"the environment marker changed during the reset ({self.preflight_marker!r} -> {state.marker!r})"
             )
 
     def _terminate_others(self, cur: Any) -> list[dict[str, Any]]:
-        out = []
-        wait = self.state.server_version_num >= 140000
-        for pid, user, app in other_sessions(cur):
-            cur.execute("SAVEPOINT ringhub_terminate")
-            try:
-                if wait:
-                    cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-                else:
-                    cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                ok = bool(cur.fetchone()[0])
-                cur.execute("RELEASE SAVEPOINT ringhub_terminate")
-                reason = None if ok else "not terminated within 5 s"
-            except psycopg2.Error as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT ringhub_terminate")
-                ok, reason = False, pg_error_text(exc, self.spec)
-            entry: dict[str, Any] = {"pid": pid, "user": user, "application": app, "terminated": ok}
-            if reason:
-                entry["reason"] = reason
-                self.warnings.append(f"session pid {pid} (user {user!r}) was not terminated: {reason}")
-            out.append(entry)
-        return out
+        sessions, warnings = terminate_other_sessions(cur, self.spec, self.state.server_version_num)
+        self.warnings.extend(warnings)
+        return sessions
 
     def _recreate_schema(self, cur: Any, state: SchemaState) -> None:
         schema = sql.Identifier(self.opts.schema)
@@ -329,24 +376,88 @@ class ResetTransaction:
 
     def _commit(self) -> None:
         self.committing = True
+        look = "look at the schema and _prisma_migrations"
+        self.commit_lsn, warning = commit(self.conn, self.spec, "the reset", "the new schema", look)
+        if warning:
+            self.warnings.append(warning)
+
+
+def terminate_other_sessions(
+    cur: Any, spec: ConnSpec, server_version_num: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Terminate the other client sessions of the database (never a reset lock holder), a savepoint each.
+
+    Returns ``(pid, user, application, terminated[, reason])`` of each, and a warning for each left running.
+    """
+    out = []
+    warnings = []
+    wait = server_version_num >= 140000
+    for pid, user, app in other_sessions(cur):
+        cur.execute("SAVEPOINT ringhub_terminate")
         try:
-            self.conn.commit()
+            if wait:
+                cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            else:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            ok = bool(cur.fetchone()[0])
+            cur.execute("RELEASE SAVEPOINT ringhub_terminate")
+            reason = None if ok else "not terminated within 5 s"
         except psycopg2.Error as exc:
-            sqlstate = getattr(exc, "pgcode", None)
-            if self.conn.closed or not sqlstate:
-                raise OutcomeUnknown(
-                    f"COMMIT of the reset got no answer ({pg_error_text(exc, self.spec)}): the connection was lost "
-                    "after the COMMIT was sent, so the new schema may or may not be in place; look at the schema "
-                    "and _prisma_migrations",
-                    step="COMMIT",
-                ) from None
-            # PostgreSQL answered the COMMIT with an error (a deferred constraint, a serialization failure):
-            # it committed nothing.
-            raise RolledBack(
-                f"COMMIT of the reset failed: {pg_error_text(exc, self.spec)} (SQLSTATE {sqlstate})",
+            cur.execute("ROLLBACK TO SAVEPOINT ringhub_terminate")
+            ok, reason = False, pg_error_text(exc, spec)
+        entry: dict[str, Any] = {"pid": pid, "user": user, "application": app, "terminated": ok}
+        if reason:
+            entry["reason"] = reason
+            warnings.append(f"session pid {pid} (user {user!r}) was not terminated: {reason}")
+        out.append(entry)
+    return out, warnings
+
+
+def wal_position(conn: Any, spec: ConnSpec, what: str) -> tuple[str | None, str | None]:
+    """The WAL insert position right after a COMMIT, on the same connection, and a warning when unread.
+
+    The COMMIT record is inserted before the server answers the COMMIT, so this
+    position is at or past its end, even with ``synchronous_commit = off`` (where
+    ``pg_current_wal_lsn()``, the write position, may still be behind it). A
+    standby that has replayed up to it sees what was committed. Reading it cannot
+    undo the commit: a failure here is a warning and ``None``.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+            value = cur.fetchone()[0]
+        if not conn.autocommit:
+            conn.commit()  # ends the read's own transaction
+        return str(value), None
+    except psycopg2.Error as exc:
+        rollback_quietly(conn)
+        return None, f"{what} is committed, but its WAL position could not be read: {pg_error_text(exc, spec)}"
+
+
+def commit(conn: Any, spec: ConnSpec, what: str, change: str, look: str) -> tuple[str | None, str | None]:
+    """COMMIT ``conn``'s transaction: ``(commit_lsn, warning)``, or the typed error of a failed COMMIT.
+
+    An unanswered COMMIT is ``OutcomeUnknown`` ("... so <change> may or may not be in place; <look>");
+    an error answer is ``RolledBack`` (PostgreSQL committed nothing).
+    """
+    try:
+        conn.commit()
+    except psycopg2.Error as exc:
+        sqlstate = getattr(exc, "pgcode", None)
+        if conn.closed or not sqlstate:
+            raise OutcomeUnknown(
+                f"COMMIT of {what} got no answer ({pg_error_text(exc, spec)}): the connection was lost "
+                f"after the COMMIT was sent, so {change} may or may not be in place; {look}",
                 step="COMMIT",
-                sqlstate=sqlstate,
             ) from None
+        # PostgreSQL answered the COMMIT with an error (a deferred constraint, a serialization failure):
+        # it committed nothing.
+        raise RolledBack(
+            f"COMMIT of {what} failed: {pg_error_text(exc, spec)} (SQLSTATE {sqlstate})",
+            step="COMMIT",
+            sqlstate=sqlstate,
+        ) from None
+    return wal_position(conn, spec, what[:1].upper() + what[1:])
 
 
 def _grantee(grantee: str) -> Any:

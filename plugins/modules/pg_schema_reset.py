@@ -218,9 +218,9 @@ options:
         same directory, mode C(0600), then a rename) at every phase change and every half second while
         C(pg_dump) runs. A file that cannot be written at the start fails the task before anything else.
       - "The file holds one JSON object: C(phase) (one of C(validate), C(connect), C(lock), C(preflight),
-        C(count) (check mode), C(backup), C(verify_backup), C(reset), C(done), C(failed)), C(started) (ISO UTC
-        time the run started), C(updated) (ISO UTC time of this write), C(elapsed) and C(phase_elapsed)
-        (seconds since the run and the phase started), C(check_mode), C(database), C(schema),
+        C(count) (check mode), C(backup), C(verify_backup), C(restore_drill), C(reset), C(done), C(failed)),
+        C(started) (ISO UTC time the run started), C(updated) (ISO UTC time of this write), C(elapsed) and
+        C(phase_elapsed) (seconds since the run and the phase started), C(check_mode), C(database), C(schema),
         C(database_size) (bytes, C(pg_database_size), once the preflight read it, else null),
         C(backup_path), C(backup_bytes) (size of the backup file so far; when C(done), the backup's size),
         C(rate_bytes_per_s) (average rate of C(pg_dump) since it started), C(failed_phase) and C(error)
@@ -229,6 +229,49 @@ options:
       - It never holds a password or any other secret. It is written in check mode too (it is a report,
         not managed state) and left in place at the end.
     type: path
+    version_added: 0.2.0
+  keep_previous:
+    description:
+      - The undo window. Instead of dropping the schema, the reset transaction renames it to
+        C(<schema>_before_reset_<YYYYMMDD>_<HHMMSS>_utc) (UTC, the server's clock) and then creates the new
+        schema and applies the migrations, all in the same one transaction. Owner and privileges of the new
+        schema are the old ones, as without this option.
+      - The kept schema is made unreachable for the hub, whatever role it connects as (every privilege on it
+        is revoked, its owner's own included, so only a superuser can read it), and recorded (name, time,
+        row counts, retention deadline) as a line C(ringhub.kept=<JSON>) in the database comment, beside the
+        environment marker. M(threadring.ringhub.pg_schema_undo) swaps it back.
+      - Refused before anything is touched when the connected role may not write the database comment (only
+        the database owner can), when extensions are installed in the schema (they would stay with the kept
+        schema), or when objects in other schemas depend on it (they would follow the kept schema).
+      - A kept schema holds its disk space until it is dropped. Kept schemas are left out of the backups of
+        later resets (no role but a superuser may read them; each one's own data is in the backup of the
+        reset that kept it).
+    type: bool
+    default: false
+    version_added: 0.2.0
+  keep_previous_for:
+    description:
+      - How long a schema kept by O(keep_previous) stays, for example V(7d), V(36h), V(1d12h), V(2w) or V(90m)
+        (C(w) weeks, C(d) days, C(h) hours, C(m) or C(min) minutes, C(s) seconds).
+      - Every reset drops, in its transaction, the kept schemas of its schema that are past their retention
+        (with or without O(keep_previous)); M(threadring.ringhub.pg_schema_undo) with
+        O(threadring.ringhub.pg_schema_undo#module:action=purge) drops them at once.
+    type: str
+    default: 7d
+    version_added: 0.2.0
+  restore_drill:
+    description:
+      - After the backup is made and before anything is dropped, restore it into a scratch database
+        (C(<database>_restore_drill_<hex>), created from C(template0) and dropped afterwards) with
+        C(pg_restore --single-transaction --exit-on-error --schema=<schema>), owners and privileges
+        included, and compare the row count of every table with the counts of the snapshot the backup was
+        taken in. A restore that fails, or any count that differs, fails the reset before the drop
+        (the backup file is kept for inspection).
+      - So a verified backup is one that restores, not only one that C(pg_restore --list) reads. Its cost is
+        reported in RV(seconds) (C(restore_drill)) and RV(backup) (C(restore_drill.seconds)).
+      - Requires O(backup=true) and a role that may create databases (C(CREATEDB)), checked before anything.
+    type: bool
+    default: false
     version_added: 0.2.0
 attributes:
   check_mode:
@@ -399,6 +442,9 @@ backup:
     - C(rows) holds the row count of every table of the schema in the backup (read in the snapshot
       C(pg_dump) used), C(rows_written_after_backup) the difference per table between the backup
       and the rows the reset dropped (rows written by the hub after the backup are not in it).
+    - C(excluded_schemas) lists the kept schemas (O(keep_previous)) left out of the backup.
+    - With O(restore_drill), C(restore_drill) holds C(database) (the scratch database, dropped again),
+      C(tables) (each C(name), C(backup_rows), C(restored_rows)), C(differences) (empty) and C(seconds).
     - With O(backup=false) or in check mode only C(skipped) (V(true)) and, in check mode, the C(pg_dump) that would run.
   returned: success
   type: dict
@@ -430,6 +476,59 @@ environment:
 terminated_sessions:
   description: Sessions terminated at the start of the transaction (C(pid), C(user), C(application), C(terminated)).
   returned: success and not in check mode
+  type: list
+  elements: dict
+commit_lsn:
+  description:
+    - The WAL position (C(pg_lsn) text, for example C(0/3A1B2C8)) of the reset's C(COMMIT), that is
+      C(pg_current_wal_insert_lsn()) read on the same connection right after the C(COMMIT) answered, so at
+      or past the end of the commit record (also with C(synchronous_commit=off)).
+    - A standby whose C(pg_last_wal_replay_lsn()) has reached it serves the new schema, for example
+      C(SELECT pg_last_wal_replay_lsn() >= '0/3A1B2C8'::pg_lsn).
+    - Null when the position could not be read after the commit (a warning says why; the reset is committed).
+  returned: success and not in check mode
+  type: str
+  sample: 0/3A1B2C8
+kept:
+  description:
+    - With O(keep_previous), the schema the reset kept, as recorded in the database comment. C(name),
+      C(schema), C(by) (V(reset)), C(kept_at) and C(until) (ISO UTC), C(rows) (table to rows),
+      C(total_rows), C(size_bytes). Null without O(keep_previous).
+  returned: success and not in check mode
+  type: dict
+  sample:
+    name: public_before_reset_20261128_173000_utc
+    schema: public
+    by: reset
+    kept_at: "2026-11-28T17:30:00Z"
+    until: "2026-12-05T17:30:00Z"
+    rows: {Ring: 12, RingRole: 36}
+    total_rows: 48
+    size_bytes: 1630208
+would_keep:
+  description:
+    - In check mode with O(keep_previous), what a real run would keep. C(schema), C(name) (its name if the
+      reset ran now), C(until), C(size_bytes) (of the schema now), C(keep_for). Null otherwise.
+  returned: success, in check mode
+  type: dict
+purged:
+  description:
+    - The kept schemas of the schema past their retention that the reset dropped in its transaction, each as
+      in RV(kept) with C(size_bytes).
+  returned: success and not in check mode
+  type: list
+  elements: dict
+would_purge:
+  description: In check mode, the kept schemas past their retention that a real run would drop.
+  returned: success, in check mode
+  type: list
+  elements: dict
+kept_schemas:
+  description:
+    - Every kept schema of the schema recorded in the database comment (after the run; in check mode, now),
+      newest first, as in RV(kept) with C(exists), C(size_bytes), C(tables), C(unreachable) (every privilege
+      revoked) and C(expired) (past its retention).
+  returned: success
   type: list
   elements: dict
 transaction_control_removed:
@@ -477,7 +576,7 @@ summary:
     backup /var/backups/ringhub/ringhub-public-20261128T173000Z.dump (48213 bytes, sha256 9b2f...),
     seeded root ring spool (roles member, moderator, owner), environment production, 2.014 s
 seconds:
-  description: Wall-clock seconds per phase (connect, lock, preflight, backup, reset, count) and total.
+  description: Wall-clock seconds per phase (connect, lock, preflight, backup, restore_drill, reset, count) and total.
   returned: success
   type: dict
   sample: {connect: 0.01, lock: 0.001, preflight: 0.2, backup: 0.4, reset: 0.3, total: 0.911}

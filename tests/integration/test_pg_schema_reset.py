@@ -1084,6 +1084,35 @@ def test_a_commit_without_an_answer_says_the_outcome_is_unknown(pg_db, fixture_m
     assert "nothing was changed" not in res.msg and "nothing_changed" not in res.result
 
 
+def test_commit_lsn_is_at_or_past_the_reset_commit_record(pg_db, fixture_migrations) -> None:
+    seeded(pg_db, fixture_migrations)
+    pg_db.execute("CREATE SCHEMA walinspect; CREATE EXTENSION pg_walinspect SCHEMA walinspect")
+    start = pg_db.query("SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    res = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations))
+    assert not res.failed, res.msg
+    lsn = res.result["commit_lsn"]
+    assert re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", lsn)
+    # The transaction id that wrote the new history rows is the reset's; its COMMIT record, as the
+    # WAL itself shows it, ends at or before commit_lsn (a replica that replayed to it has the new schema).
+    xid = pg_db.query("SELECT DISTINCT xmin::text::bigint FROM _prisma_migrations")
+    assert len(xid) == 1
+    deadline = time.monotonic() + 30  # pg_walinspect reads flushed WAL only (the harness commits asynchronously)
+    while not pg_db.query("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (lsn,))[0][0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    commits = pg_db.query(
+        "SELECT start_lsn::text, end_lsn::text, %s::pg_lsn >= end_lsn FROM walinspect.pg_get_wal_records_info(%s, "
+        "%s) WHERE resource_manager = 'Transaction' AND record_type = 'COMMIT' AND xid::text::bigint = %s",
+        (lsn, start, lsn, xid[0][0]),
+    )
+    assert len(commits) == 1 and commits[0][2] is True, commits
+    # And it is the reset's own position, not a later one: nothing else wrote WAL in between.
+    assert pg_db.query("SELECT %s::pg_lsn - %s::pg_lsn", (lsn, commits[0][1]))[0][0] < 8192
+    # Check mode commits nothing and returns no position.
+    check = run_module("pg_schema_reset", args_for(pg_db, fixture_migrations), check=True)
+    assert not check.failed and "commit_lsn" not in check.result
+
+
 # -- what the reset creates and locks, as PostgreSQL reports it -------------------------------------------
 
 

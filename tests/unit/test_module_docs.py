@@ -14,8 +14,13 @@ from ansible.module_utils.basic import FILE_COMMON_ARGUMENTS
 
 from ansible_collections.threadring.ringhub.plugins.module_utils import (
     _audit,
+    _compose,
     _did_keys,
+    _hub_probe,
+    _pg_replica,
     _pg_reset,
+    _pg_restore,
+    _pg_undo,
     _redis_flush,
     _ring_seed,
 )
@@ -23,8 +28,13 @@ from ansible_collections.threadring.ringhub.plugins.module_utils import (
 COLLECTION = "ansible_collections.threadring.ringhub.plugins"
 MODULES = {
     "audit_log": (_audit.argument_spec, _audit.MODULE_OPTIONS),
+    "compose_restart": (_compose.argument_spec, _compose.MODULE_OPTIONS),
     "did_keys": (_did_keys.argument_spec, _did_keys.MODULE_OPTIONS),
+    "hub_probe": (_hub_probe.argument_spec, _hub_probe.MODULE_OPTIONS),
+    "pg_replica_wait": (_pg_replica.argument_spec, _pg_replica.MODULE_OPTIONS),
+    "pg_restore_backup": (_pg_restore.argument_spec, _pg_restore.MODULE_OPTIONS),
     "pg_schema_reset": (_pg_reset.argument_spec, _pg_reset.MODULE_OPTIONS),
+    "pg_schema_undo": (_pg_undo.argument_spec, _pg_undo.MODULE_OPTIONS),
     "redis_flush": (_redis_flush.argument_spec, _redis_flush.MODULE_OPTIONS),
     "ring_seed": (_ring_seed.argument_spec, _ring_seed.MODULE_OPTIONS),
 }
