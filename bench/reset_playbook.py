@@ -3,6 +3,7 @@
     .venv/bin/python bench/reset_playbook.py                 # 100,000 and 1,000,000 rows and keys
     .venv/bin/python bench/reset_playbook.py --rows 100000   # one size
     .venv/bin/python bench/reset_playbook.py --quick         # 20,000 rows, one repetition
+    .venv/bin/python bench/reset_playbook.py --compare DIR   # also another checkout's playbook (before/after)
 
 A deployment (tests/harness/deployment.py: PostgreSQL, Redis, key, .env, one sandbox hub) is
 brought up once. For each size, alternately, --repeat times each:
@@ -14,12 +15,17 @@ brought up once. For each size, alternately, --repeat times each:
 - ``ansible-playbook playbooks/reset.yml -l production`` with the phrases as variables
   (confirm, preflight with its three check-mode runs, backup + reset + root ring in one
   transaction, Redis flush, key check, audit line) and ``ringhub_restart_backend=none``, since
-  the script restarts nothing.
+  the script restarts nothing;
+- with ``--compare DIR``, the same command from the checkout DIR (its own playbook, roles,
+  ansible.cfg and collection link; this checkout's venv), to measure a change against the code
+  before it in the same runs.
 
 Before every run the database gets ``--rows`` rows (in "AuditLog", whose content and indexes
 look like the hub's) and Redis ``--rows`` keys. Reported per size: median wall seconds of each,
-their ratio, and where the playbook's time goes (per task, from a timing callback, and the
-module's own phases). Printed as Markdown, written as JSON to bench/results/.
+their ratio, the fixed overhead (the playbook's seconds minus its modules' own database and Redis
+seconds, as the modules report them), and where the playbook's time goes: per group of tasks
+(Ansible's own start, each module round trip, the controller-side tasks of each role) and per
+task, from a timing callback. Printed as Markdown, written as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import deployment as deployment_mod
-from harness.ansible import COLLECTIONS_DIR, ensure_collection_link
+from harness.ansible import ensure_collection_link
 
 PLAYBOOK = REPO / "playbooks" / "reset.yml"
 PHRASES = {
@@ -74,8 +80,17 @@ DOCUMENTATION = """
 name: bench_timing
 type: aggregate
 short_description: wall seconds per task (benchmark only)
-description: Writes the wall seconds of every task to the file named by RINGHUB_BENCH_TIMING.
+description: Writes the wall seconds, action and module-reported seconds of every task to RINGHUB_BENCH_TIMING.
 """
+def _own_seconds(result):
+    if isinstance(result.get("results"), list):
+        values = [_own_seconds(r) for r in result["results"] if isinstance(r, dict)]
+        values = [v for v in values if v is not None]
+        return sum(values) if values else None
+    seconds = result.get("seconds")
+    if isinstance(seconds, dict):
+        seconds = seconds.get("total")
+    return seconds if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "aggregate"
@@ -88,16 +103,38 @@ class CallbackModule(CallbackBase):
         self.rows = []
     def _close(self):
         if self.current:
-            self.rows.append([self.current[0], time.monotonic() - self.current[1]])
+            name, action, started, own, role = self.current
+            self.rows.append([name, action, time.monotonic() - started, own, role])
             self.current = None
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._close()
-        self.current = (task.get_name(), time.monotonic())
+        role = task._role.get_name(include_role_fqcn=False) if getattr(task, "_role", None) else ""
+        self.current = [task.get_name(), task.action, time.monotonic(), None, role]
+    def _result(self, result):
+        if self.current is not None and not result._result.get("skipped"):
+            own = _own_seconds(result._result)
+            if own is not None:
+                self.current[3] = (self.current[3] or 0.0) + own
+    def v2_runner_on_ok(self, result, **kwargs):
+        self._result(result)
+    def v2_runner_on_failed(self, result, ignore_errors=False, **kwargs):
+        self._result(result)
     def v2_playbook_on_stats(self, stats):
         self._close()
         with open(os.environ["RINGHUB_BENCH_TIMING"], "w") as fh:
             json.dump({"tasks": self.rows, "total": time.monotonic() - self.start}, fh)
 '''
+# Actions that are a round trip to the host (a module run, or one raw command), by name in the table.
+ROUND_TRIPS = {
+    "ansible.builtin.raw": "raw commands (.env read)",
+    "ansible.builtin.slurp": ".env read (slurp)",
+    "threadring.ringhub.pg_schema_reset": "pg_schema_reset",
+    "threadring.ringhub.redis_flush": "redis_flush",
+    "threadring.ringhub.did_keys": "did_keys",
+    "threadring.ringhub.audit_log": "audit_log",
+}
+# Whose own seconds count as the work itself (database and Redis) in the fixed overhead.
+WORK_ACTIONS = ("threadring.ringhub.pg_schema_reset", "threadring.ringhub.redis_flush")
 
 
 def fill(dep: Any, rows: int) -> None:
@@ -188,11 +225,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def playbook_env(callback_dir: Path, timing_file: Path) -> dict[str, str]:
+def playbook_env(checkout: Path, callback_dir: Path, timing_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PG", "DATABASE_URL", "REDIS_URL"))}
     env.update(
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_DIR),
+        ANSIBLE_CONFIG=str(checkout / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(checkout / ".collections"),
         ANSIBLE_CALLBACK_PLUGINS=str(callback_dir),
         ANSIBLE_CALLBACKS_ENABLED="bench_timing",
         ANSIBLE_NOCOLOR="1",
@@ -202,7 +239,18 @@ def playbook_env(callback_dir: Path, timing_file: Path) -> dict[str, str]:
     return env
 
 
-def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def link_checkout(checkout: Path) -> None:
+    """``checkout/.collections/ansible_collections/threadring/ringhub`` -> ``checkout`` (what ``make link`` does)."""
+    link = checkout / ".collections" / "ansible_collections" / "threadring" / "ringhub"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() == checkout.resolve():
+        return
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(checkout.resolve(), target_is_directory=True)
+
+
+def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any], checkout: Path = REPO) -> dict[str, Any]:
     vars_file = workdir / "vars.json"
     vars_file.write_text(json.dumps({**PHRASES, **extra}))
     timing = workdir / "timing.json"
@@ -210,7 +258,7 @@ def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any]) -> dict[str, An
         str(REPO / ".venv" / "bin" / "ansible-playbook"),
         "-i",
         str(dep.inventory),
-        str(PLAYBOOK),
+        str(checkout / "playbooks" / "reset.yml"),
         "-l",
         "production",
         "-e",
@@ -219,8 +267,8 @@ def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any]) -> dict[str, An
     start = time.perf_counter()
     proc = subprocess.run(
         cmd,
-        cwd=str(REPO),
-        env=playbook_env(workdir, timing),
+        cwd=str(checkout),
+        env=playbook_env(checkout, workdir, timing),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -232,11 +280,15 @@ def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any]) -> dict[str, An
     record = json.loads(dep.paths["audit_log"].read_text().splitlines()[-1])
     for backup in dep.paths["backup_dir"].iterdir():
         backup.unlink()
+    tasks = json.loads(timing.read_text())["tasks"]
+    work = sum(own or 0.0 for _name, action, _s, own, _role in tasks if action in WORK_ACTIONS)
     return {
         "seconds": seconds,
-        "tasks": json.loads(timing.read_text())["tasks"],
+        "tasks": tasks,
         "phases": record["details"]["steps"]["reset"]["phases"],
         "redis_seconds": record["details"]["steps"]["redis_flush"]["seconds"],
+        "work_seconds": work,
+        "overhead_seconds": seconds - work,
     }
 
 
@@ -250,7 +302,7 @@ def where_the_time_goes(runs: list[dict[str, Any]], top: int = 12) -> list[dict[
     per_task: dict[str, list[float]] = {}
     for run in runs:
         seen: dict[str, float] = {}
-        for name, seconds in run["tasks"]:
+        for name, _action, seconds, _own, _role in run["tasks"]:
             seen[name] = seen.get(name, 0.0) + seconds
         for name, seconds in seen.items():
             per_task.setdefault(name, []).append(seconds)
@@ -260,6 +312,53 @@ def where_the_time_goes(runs: list[dict[str, Any]], top: int = 12) -> list[dict[
     out = rows[:top]
     out.append({"task": f"({len(rows) - top} other tasks, controller-side)", "median s": round(rest, 3)})
     return out
+
+
+def _group(action: str, role: str) -> str:
+    role = role or "playbook"
+    if action in ROUND_TRIPS:
+        return f"{ROUND_TRIPS[action]} round trips ({role})"
+    return f"controller-side tasks: {role}"
+
+
+def time_by_group(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median seconds per group of tasks, the tasks counted in it, and Ansible's own time outside tasks."""
+    per_group: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for run in runs:
+        seen: dict[str, float] = {"Ansible's start and end (outside any task)": run["seconds"]}
+        for _name, action, seconds, _own, role in run["tasks"]:
+            group = _group(action, role)
+            seen[group] = seen.get(group, 0.0) + seconds
+            seen["Ansible's start and end (outside any task)"] -= seconds
+            counts[group] = counts.get(group, 0) + 1
+        for group, seconds in seen.items():
+            per_group.setdefault(group, []).append(seconds)
+    rows = [
+        {
+            "group": group,
+            "tasks": round(counts.get(group, 0) / len(runs)) or "",
+            "median s": round(statistics.median(v), 3),
+        }
+        for group, v in per_group.items()
+    ]
+    rows.sort(key=lambda r: -r["median s"])
+    return rows
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of one variant's runs."""
+    phases = {k: round(statistics.median(r["phases"].get(k, 0.0) for r in runs), 3) for k in runs[0]["phases"]}
+    return {
+        "playbook_s": round(statistics.median(r["seconds"] for r in runs), 3),
+        "work_s": round(statistics.median(r["work_seconds"] for r in runs), 3),
+        "overhead_s": round(statistics.median(r["overhead_seconds"] for r in runs), 3),
+        "module_phases_s": phases,
+        "redis_flush_s": round(statistics.median(r["redis_seconds"] for r in runs), 3),
+        "groups": time_by_group(runs),
+        "tasks": where_the_time_goes(runs),
+        "all_playbook_s": [round(r["seconds"], 3) for r in runs],
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -274,11 +373,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, action="append", help="rows and keys (repeatable; default 100000, 1000000)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, one repetition")
+    parser.add_argument("--compare", metavar="DIR", help="another checkout whose playbook runs alternately too")
     parser.add_argument("--output", help="JSON results file")
     opts = parser.parse_args(argv)
     sizes = [20_000] if opts.quick else (opts.rows or [100_000, 1_000_000])
     repeat = 1 if opts.quick else opts.repeat
     ensure_collection_link()
+    variants = {"playbook": REPO}
+    if opts.compare:
+        other = Path(opts.compare).resolve()
+        if not (other / "playbooks" / "reset.yml").is_file():
+            parser.error(f"--compare {other}: no playbooks/reset.yml there")
+        link_checkout(other)
+        variants = {"compared": other, "playbook": REPO}
     workdir = Path(tempfile.mkdtemp(prefix="ringhub-bench-reset-"))
     os.chmod(workdir, 0o711)
     (workdir / "bench_timing.py").write_text(TIMING_CALLBACK)
@@ -287,50 +394,56 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        "checkouts": {name: str(path) for name, path in variants.items()},
         "sizes": [],
     }
     try:
         script = baseline_script(dep, workdir)
         for rows in sizes:
             script_s: list[float] = []
-            playbook_runs: list[dict[str, Any]] = []
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
             for _run in range(repeat):
                 fill(dep, rows)
                 script_s.append(run_script(script))
-                fill(dep, rows)
-                playbook_runs.append(run_playbook(dep, workdir, {}))
-            play_s = [r["seconds"] for r in playbook_runs]
-            phases = {
-                k: round(statistics.median(r["phases"].get(k, 0.0) for r in playbook_runs), 3)
-                for k in playbook_runs[0]["phases"]
-            }
-            entry = {
+                for name, checkout in variants.items():
+                    fill(dep, rows)
+                    runs[name].append(run_playbook(dep, workdir, {}, checkout))
+            script_median = statistics.median(script_s)
+            entry: dict[str, Any] = {
                 "rows": rows,
-                "script_s": round(statistics.median(script_s), 3),
-                "playbook_s": round(statistics.median(play_s), 3),
-                "ratio": round(statistics.median(play_s) / statistics.median(script_s), 2),
-                "module_phases_s": phases,
-                "redis_flush_s": round(statistics.median(r["redis_seconds"] for r in playbook_runs), 3),
-                "tasks": where_the_time_goes(playbook_runs),
+                "script_s": round(script_median, 3),
                 "all_script_s": [round(s, 3) for s in script_s],
-                "all_playbook_s": [round(s, 3) for s in play_s],
             }
+            for name, variant_runs in runs.items():
+                summary = summarize(variant_runs)
+                summary["ratio"] = round(summary["playbook_s"] / script_median, 2)
+                entry[name] = summary
+            # The JSON of earlier results had these at the top level: keep them for the current checkout.
+            entry.update({k: entry["playbook"][k] for k in ("playbook_s", "ratio", "module_phases_s", "redis_flush_s")})
             results["sizes"].append(entry)
-            print(f"\n## {rows} rows and {rows} Redis keys ({repeat} runs each, medians)\n")
+            print(f"\n## {rows} rows and {rows} Redis keys ({repeat} runs each, alternating, medians)\n")
             print(
                 table(
                     [
                         {
-                            "script s": entry["script_s"],
-                            "playbook s": entry["playbook_s"],
-                            "playbook / script": entry["ratio"],
-                            "pg_schema_reset phases s": ", ".join(f"{k} {v}" for k, v in phases.items()),
+                            "run": "script" if name is None else name,
+                            "checkout": "" if name is None else str(variants[name]),
+                            "seconds": entry["script_s"] if name is None else entry[name]["playbook_s"],
+                            "/ script": 1.0 if name is None else entry[name]["ratio"],
+                            "modules' database + Redis s": "" if name is None else entry[name]["work_s"],
+                            "fixed overhead s": "" if name is None else entry[name]["overhead_s"],
                         }
+                        for name in [None, *variants]
                     ]
                 )
             )
-            print("\nWhere the playbook's time goes (per task):\n")
-            print(table(entry["tasks"]))
+            phases = entry["playbook"]["module_phases_s"]
+            print("\npg_schema_reset's own phases: " + ", ".join(f"{k} {v} s" for k, v in phases.items()))
+            for name in variants:
+                print(f"\nWhere the time goes, {name} ({variants[name]}), per group of tasks:\n")
+                print(table(entry[name]["groups"]))
+            print("\nThe slowest tasks of the current checkout:\n")
+            print(table(entry["playbook"]["tasks"]))
             sys.stdout.flush()
     finally:
         dep.down()

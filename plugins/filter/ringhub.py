@@ -19,15 +19,36 @@ from urllib.parse import urlsplit
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError, mask_url, redact
-from ansible_collections.threadring.ringhub.plugins.module_utils._did import instance_did as _instance_did
-from ansible_collections.threadring.ringhub.plugins.module_utils._envfile import parse_entries
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg import mask_database_url, parse_database_url
-from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import DID_RE, SLUG_RE
+
+# Every task that uses one of these filters runs in a worker process forked from ansible-playbook, which
+# imports this file afresh: the module_utils behind the filters (psycopg2, cryptography, urllib's HTTP
+# stack) are imported only by the filters that need them, so a task pays for what it uses.
+
+
+def _instance_did(hub_url: str) -> str:
+    from ansible_collections.threadring.ringhub.plugins.module_utils._did import instance_did as did_of
+
+    return did_of(hub_url)
+
+
+def _pg() -> Any:
+    from ansible_collections.threadring.ringhub.plugins.module_utils import _pg as pg
+
+    return pg
+
+
+def mask_database_url(url: str) -> str:
+    return _pg().mask_database_url(url)
+
+
+def parse_database_url(url: str) -> Any:
+    return _pg().parse_database_url(url)
+
 
 # The hub's own variables the reset can take from its compose .env.
 HUB_ENV_NAMES = ("DATABASE_URL", "REDIS_URL", "INSTANCE_DID", "RING_HUB_URL", "ROOT_RING_SLUG", "NODE_ENV")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-RESTART_BACKENDS = ("command", "none")
+RESTART_BACKENDS = ("command", "docker_compose", "none")
 PATH_SETTINGS = ("migrations_dir", "backup_dir", "key_path", "env_file", "web_root")
 
 
@@ -39,6 +60,8 @@ def envfile(text: Any, names: list[str] | tuple[str, ...] | None = None) -> dict
         text = text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
         raise AnsibleFilterError(f"envfile expects the text of an .env file, got {type(text).__name__}")
+    from ansible_collections.threadring.ringhub.plugins.module_utils._envfile import parse_entries
+
     wanted = None if names is None else set(names)
     values: dict[str, str] = {}
     for entry in parse_entries(text):
@@ -47,13 +70,20 @@ def envfile(text: Any, names: list[str] | tuple[str, ...] | None = None) -> dict
     return values
 
 
-def pg_url_info(url: Any) -> dict[str, Any]:
-    """What a Prisma ``DATABASE_URL`` points at, never its password."""
+def pg_url_info(url: Any, strict: bool = True) -> dict[str, Any] | None:
+    """What a Prisma ``DATABASE_URL`` points at, never its password.
+
+    With ``strict=False`` an empty or unparsable URL gives None instead of an error.
+    """
     if not isinstance(url, str) or not url.strip():
+        if not strict:
+            return None
         raise AnsibleFilterError("pg_url_info expects a postgresql:// URL, got an empty value")
     try:
         spec = parse_database_url(url)
     except RingHubError as exc:
+        if not strict:
+            return None
         raise AnsibleFilterError(exc.msg) from None
     return {
         "database": spec.dbname,
@@ -129,6 +159,8 @@ ENV_SETTINGS = {
     "node_env": "NODE_ENV",
 }
 SECRET_SETTINGS = ("database_url", "redis_url")
+# Settings that are free text: shown with the password of any URL in them masked.
+TEXT_SETTINGS = ("restart_command",)
 
 
 def _unset(value: Any) -> bool:
@@ -181,7 +213,10 @@ def resolve_settings(
         elif len(groups) == 1:
             values["environment"] = groups[0]
             sources["environment"] = f"the host's only inventory group ({groups[0]})"
-    view = {key: (masked_url(value) if key in SECRET_SETTINGS and value else value) for key, value in values.items()}
+    view = {
+        key: (masked_url(value) if key in SECRET_SETTINGS + TEXT_SETTINGS and value else value)
+        for key, value in values.items()
+    }
     database = None
     if values.get("database_url"):
         try:
@@ -192,6 +227,8 @@ def resolve_settings(
 
 
 def _data_problems(settings: Mapping[str, Any]) -> list[str]:
+    from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import DID_RE, SLUG_RE
+
     problems: list[str] = []
     url = settings.get("database_url")
     if _unset(url) or not isinstance(url, str):
@@ -270,6 +307,50 @@ def settings_problems(settings: Mapping[str, Any], data: bool = True, api: bool 
     if api:
         problems += _api_problems(settings)
     return problems
+
+
+# --------------------------------------------------------------------------- confirmations
+
+
+def phrase_mismatch(typed: Any, expected: str) -> str:
+    """Why ``typed`` is not exactly ``expected`` ('' when it is), without repeating what was typed."""
+    text = "" if typed is None else str(typed)
+    if text == expected:
+        return ""
+    if not text:
+        return "the answer was empty"
+    if text.strip() == expected:
+        return "it has spaces before or after it"
+    if text.lower() == expected.lower():
+        return "it differs in capital letters"
+    return "it is another text"
+
+
+def confirmation_check(given: Any, expected: Any, prompt: bool = False) -> dict[str, Any]:
+    """The state of the typed confirmations given as variables, in order.
+
+    ``given`` holds the variables' values (None when unset), ``expected`` the phrases. Returns ``ask``:
+    the numbers (from 1) of the phrases still to be asked at a prompt (unset or empty, when ``prompt``);
+    ``missing``: the variable names of the phrases that are unset while nothing can be asked; ``wrong``:
+    the first phrase given that does not match (``index``, ``name``, ``why``, ``expected``), or None.
+    """
+    if not isinstance(given, (list, tuple)) or not isinstance(expected, (list, tuple)) or len(given) != len(expected):
+        raise AnsibleFilterError("confirmation_check expects two lists of the same length: the answers and the phrases")
+    ask: list[int] = []
+    missing: list[str] = []
+    wrong: dict[str, Any] | None = None
+    for index, (typed, phrase) in enumerate(zip(given, expected, strict=True), 1):
+        name = f"ringhub_confirm_{index}"
+        if typed is None or (prompt and str(typed) == ""):
+            if prompt:
+                ask.append(index)
+            else:
+                missing.append(name)
+            continue
+        why = phrase_mismatch(typed, str(phrase))
+        if why and wrong is None:
+            wrong = {"index": index, "name": name, "why": why, "expected": str(phrase)}
+    return {"ask": ask, "missing": missing, "wrong": wrong}
 
 
 # --------------------------------------------------------------------------- progress
@@ -395,4 +476,6 @@ class FilterModule:
             "resolve_settings": resolve_settings,
             "controller_stdin": controller_stdin,
             "progress_line": progress_line,
+            "phrase_mismatch": phrase_mismatch,
+            "confirmation_check": confirmation_check,
         }

@@ -155,9 +155,10 @@ options:
         version_added: 0.1.0
       profile_url:
         description:
-          - C(serviceEndpoint) of the C(Profile) service. Defaults to C(<origin of base_url>/users/<id>);
-            the hub takes its last path segment as the member's handle and accepts only C(https://)
-            or C(http://localhost) URLs.
+          - C(serviceEndpoint) of the C(Profile) service. Defaults to C(<origin of base_url>/users/<id>),
+            with a plain-http loopback origin written C(http://localhost[:port]) and any other plain-http one
+            C(https://); the hub takes its last path segment as the member's handle and accepts only
+            C(https://) or C(http://localhost) URLs.
         type: str
         version_added: 0.1.0
   publish_base64:

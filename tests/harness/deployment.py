@@ -940,6 +940,9 @@ def write_inventory(dep: Deployment) -> Path:
         "ringhub_audit_log": str(paths["audit_log"]),
         "ringhub_restart_backend": "command",
         "ringhub_ready_timeout": 30,
+        # The reset's own tests compare the exact state a reset leaves; the verification that ends a reset (a test
+        # actor joins and leaves) is switched on where it is tested: -e ringhub_verify_after_reset=true.
+        "ringhub_verify_after_reset": False,
     }
     inventory = {"all": {"children": {GROUP: {"hosts": hosts, "vars": group_vars}}}}
     text = "# Ring Hub deployment (local sandbox) for playbooks/reset.yml: -i this file -l production\n"

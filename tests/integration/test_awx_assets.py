@@ -617,7 +617,8 @@ def test_credentials_inject_the_variables_the_roles_read() -> None:
     }
     # The key is handed to did_keys as its private_key_content, in the preflight and the reset.
     for role in ("preflight", "reset"):
-        tasks = (REPO / "roles" / role / "tasks" / "main.yml").read_text(encoding="utf-8")
+        files = sorted((REPO / "roles" / role / "tasks").glob("*.yml"))
+        tasks = "\n".join(p.read_text(encoding="utf-8") for p in files)
         assert re.search(r"private_key_content: .*ringhub_private_key", tasks), role
     # An empty credential field injects an empty string, which the roles treat as unset.
     assert awx_injected_extra_vars(load_credential_types()[0], {"database_url": ""}) == {"ringhub_database_url": ""}

@@ -84,16 +84,45 @@ def answer(child: pexpect.spawn, pattern: str, text: str) -> None:
     child.sendline(text)
 
 
+def prompt_text(child: pexpect.spawn, header: str, end: str) -> str:
+    """What the operator sees of one pause prompt: the lines after the task header ``[<header>]``
+    up to and including ``end``, as the terminal shows them (no escapes)."""
+    child.expect_exact(f"[threadring.ringhub.confirm : {header}]\r\n")
+    child.expect_exact(end)
+    return (child.before + child.after).replace("\r\n", "\n")
+
+
 def test_the_three_phrases_and_the_target_typed_at_a_terminal_reset(sandbox_deployment_factory: Any) -> None:
     dep = sandbox_deployment_factory(hubs=1, demo_data=True)
     before = dep.counts()
+    db = dep.state["database"]
     child = spawn_reset(dep)
     try:
-        answer(child, r"Type exactly 'DELETE ALL DATA' \(confirmation\s+1 of 3\):", "DELETE ALL DATA")
-        answer(child, r"Type exactly 'I UNDERSTAND THIS IS IRREVERSIBLE' \(confirmation\s+2 of 3\):",
-               "I UNDERSTAND THIS IS IRREVERSIBLE")  # fmt: skip
-        answer(child, r"Type exactly 'RESET PRODUCTION NOW' \(confirmation\s+3 of 3\):", "RESET PRODUCTION NOW")
-        answer(child, r"database to reset is 'ringhub' on\s+127\.0\.0\.1:\d+[\s\S]*Type its name[^:]*:", "ringhub")
+        seen = prompt_text(child, "Type confirmation 1", "(confirmation 1 of 3):")
+        assert seen == (
+            "This PERMANENTLY DELETES ALL DATA of the Ring Hub of hub1: every ring, member, badge, post and audit"
+            " row in PostgreSQL, and every key in Redis.\n"
+            "Type exactly 'DELETE ALL DATA' (confirmation 1 of 3):"
+        )
+        child.sendline("DELETE ALL DATA")
+        seen = prompt_text(child, "Type confirmation 2", "(confirmation 2 of 3):")
+        assert seen == (
+            "There is no undo but the backup this run takes first.\n"
+            "Type exactly 'I UNDERSTAND THIS IS IRREVERSIBLE' (confirmation 2 of 3):"
+        )
+        child.sendline("I UNDERSTAND THIS IS IRREVERSIBLE")
+        seen = prompt_text(child, "Type confirmation 3", "(confirmation 3 of 3):")
+        assert seen == (
+            "Last chance. The reset starts after this answer and the name of the database.\n"
+            "Type exactly 'RESET PRODUCTION NOW' (confirmation 3 of 3):"
+        )
+        child.sendline("RESET PRODUCTION NOW")
+        seen = prompt_text(child, "Type the name of the target database", "the one you mean:")
+        assert seen == (
+            f"Fourth check: the database to reset is '{db['name']}' on 127.0.0.1:{db['port']} (schema public).\n"
+            "Type its name to confirm it is the one you mean:"
+        )
+        child.sendline("ringhub")
         child.expect(r"Ring Hub reset SUCCEEDED", timeout=240)
         child.expect(pexpect.EOF, timeout=60)
     finally:
@@ -386,7 +415,12 @@ def test_a_missing_key_env_value_and_did_document_are_made_before_the_restart(sa
     assert after["key_file_sha256"] and after["env_key"] == {"present": True, "matches_key_file": True}
     assert after["did_document_sha256"]
     assert oct(dep.paths["key"].stat().st_mode & 0o777) == "0o600"
-    keys = run.task("Keep the badge key, its .env value and the instance DID document")
+    keys = next(
+        r["result"]
+        for r in run.results
+        if r["task"] == "Keep the badge key, its .env value and the instance DID document"
+        and r["action"] == "threadring.ringhub.did_keys"
+    )
     assert keys["changes"]["key_file"] == "created" and keys["changes"]["instance_document"] == "created"
     # The restarted hub serves the document of the new key and holds that key.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
@@ -394,3 +428,9 @@ def test_a_missing_key_env_value_and_did_document_are_made_before_the_restart(sa
     assert answer["verificationMethod"][0]["publicKeyMultibase"] == keys["public_key"]["multibase"]
     steps = last_audit(dep)["details"]["steps"]
     assert steps["did_keys"]["status"] == "succeeded" and steps["did_keys"]["changes"]["env_file"] == "set"
+    assert steps["did_keys"]["seconds"] > 0
+    # The key is named by what it is: the SHA-256 of its DER public key (openssl pkey -pubout -outform DER).
+    assert steps["did_keys"]["public_key_sha256"] == keys["fingerprint"]
+    summary = "\n".join(run.task("Summary of the run")["msg"])
+    assert f"public key fingerprint (SHA-256 of the DER public key) {keys['fingerprint']})" in summary
+    assert "key sha256" not in run.output

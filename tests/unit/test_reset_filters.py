@@ -130,6 +130,70 @@ def test_resolve_settings_environment_from_the_only_group_or_nothing() -> None:
     assert (variable["environment"], variable["sources"]["environment"]) == ("prod-eu", "variable ringhub_environment")
 
 
+def test_resolve_settings_masks_urls_inside_the_restart_command() -> None:
+    command = "curl -fsS -X POST https://deploy:t0ken@ops.internal/restart/hub-api"
+    out = f.resolve_settings({"restart_command": command, "database_url": URL})
+    assert out["restart_command"] == command  # the value itself is what runs
+    assert out["view"]["restart_command"] == "curl -fsS -X POST https://deploy:********@ops.internal/restart/hub-api"
+    assert "t0ken" not in repr(out["view"]) and "s3cr" not in repr(out["view"])
+
+
+def test_pg_url_info_not_strict_gives_none_for_what_does_not_parse() -> None:
+    assert f.pg_url_info(None, strict=False) is None
+    assert f.pg_url_info("  ", strict=False) is None
+    assert f.pg_url_info("postgresql://u:pw@h:5432", strict=False) is None  # no database
+    assert f.pg_url_info(URL, strict=False)["database"] == "ringhub"
+
+
+@pytest.mark.parametrize(
+    ("typed", "why"),
+    [
+        ("DELETE ALL DATA", ""),
+        ("", "the answer was empty"),
+        (None, "the answer was empty"),
+        ("DELETE ALL DATA ", "it has spaces before or after it"),
+        (" DELETE ALL DATA", "it has spaces before or after it"),
+        ("delete all data", "it differs in capital letters"),
+        ("DELETE  ALL DATA", "it is another text"),
+        ("DELETE ALL DATA!", "it is another text"),
+        (42, "it is another text"),
+    ],
+)
+def test_phrase_mismatch_names_the_difference_never_the_text(typed: object, why: str) -> None:
+    assert f.phrase_mismatch(typed, "DELETE ALL DATA") == why
+    if typed:
+        assert str(typed) not in why
+
+
+PHRASES = ["ONE", "TWO", "THREE"]
+
+
+def test_confirmation_check_without_a_prompt_unset_is_missing_empty_is_wrong() -> None:
+    assert f.confirmation_check(["ONE", "TWO", "THREE"], PHRASES) == {"ask": [], "missing": [], "wrong": None}
+    assert f.confirmation_check([None, "TWO", None], PHRASES) == {
+        "ask": [],
+        "missing": ["ringhub_confirm_1", "ringhub_confirm_3"],
+        "wrong": None,
+    }
+    out = f.confirmation_check(["ONE", "", "three"], PHRASES)
+    assert out["missing"] == [] and out["ask"] == []
+    assert out["wrong"] == {"index": 2, "name": "ringhub_confirm_2", "why": "the answer was empty", "expected": "TWO"}
+
+
+def test_confirmation_check_at_a_prompt_asks_what_is_not_given_and_checks_what_is() -> None:
+    assert f.confirmation_check([None, None, None], PHRASES, prompt=True) == {
+        "ask": [1, 2, 3],
+        "missing": [],
+        "wrong": None,
+    }
+    out = f.confirmation_check(["ONE", "", "Three"], PHRASES, prompt=True)
+    assert out["ask"] == [2]
+    assert out["wrong"]["index"] == 3 and out["wrong"]["why"] == "it differs in capital letters"
+    assert "Three" not in repr(out)
+    with pytest.raises(AnsibleFilterError, match="same length"):
+        f.confirmation_check(["ONE"], PHRASES)
+
+
 def test_settings_problems_accepts_good_settings() -> None:
     assert f.settings_problems(GOOD) == []
     assert f.settings_problems({**GOOD, "backup": False, "backup_dir": None}) == []
@@ -150,7 +214,7 @@ def test_settings_problems_accepts_good_settings() -> None:
         ({"backup_dir": None}, "ringhub_backup_dir is not set"),
         ({"key_path": ""}, "ringhub_key_path is not set"),
         ({"environment": None}, "ringhub_environment must name the environment"),
-        ({"restart_backend": "docker"}, "ringhub_restart_backend must be one of command, none"),
+        ({"restart_backend": "docker"}, "ringhub_restart_backend must be one of command, docker_compose, none"),
         ({"restart_command": " "}, "ringhub_restart_command is not set"),
         ({"api_url": "http://u:pw@h:3000"}, "ringhub_api_url must not carry credentials"),
         ({"ready_timeout": 0}, "ringhub_ready_timeout must be a positive number"),

@@ -74,13 +74,19 @@ def redis_cli(host: Any, state: dict[str, Any], *args: str) -> str:
     return host.check_output(cmd)
 
 
+# The verification that ends the reset leaves the trace of its test actor (did:web:...:users:verify-<hash>),
+# who joined the root ring and left it again: its Actor, Membership, Badge, HttpSignature and AuditLog rows.
+TEST_ACTOR = "%:users:verify-%"
+
+
 def test_every_row_of_the_old_data_is_gone(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
     tables = before["counts"]["tables"]
     assert sum(t["rows"] for name, t in tables.items() if name not in ("_prisma_migrations",)) > 50
     for name in tables:
         if name in ("Ring", "RingRole", "_prisma_migrations"):
             continue
-        assert psql(host, state, f'SELECT count(*) FROM "{name}"') == "0", name
+        others = f"SELECT count(*) FROM \"{name}\" t WHERE row_to_json(t)::text NOT LIKE '{TEST_ACTOR}'"
+        assert psql(host, state, others) == "0", name
 
 
 def test_one_root_ring_with_its_three_roles(host: Any, state: dict[str, Any]) -> None:
@@ -127,7 +133,35 @@ def test_prisma_history_records_every_migration(host: Any, state: dict[str, Any]
 
 def test_redis_is_empty(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
     assert sum(db["keys"] for db in before["counts"]["redis"].values()) > 0
-    assert redis_cli(host, state, "INFO", "keyspace").strip().splitlines()[1:] == []
+    # Only the hub's cached DID document of the verification's test actor, written after the flush.
+    keyspace = redis_cli(host, state, "INFO", "keyspace").strip().splitlines()[1:]
+    assert [line.split(":", 1)[0] for line in keyspace] == ["db0"]
+    keys = redis_cli(host, state, "-n", "0", "--scan").split()
+    assert len(keys) == 1 and keys[0].startswith("did:did:web:") and ":users:verify-" in keys[0]
+
+
+def test_the_reset_ended_with_the_verification(host: Any, state: dict[str, Any], reset_log: str) -> None:
+    assert "Ring Hub verification PASSED in " in reset_log
+    names = ["health", "root ring", "instance DID document", "test actor", "join", "badge", "after restart", "cleanup"]
+    for number, name in enumerate(names, 1):
+        assert f"{number} {name}: PASSED - " in reset_log, name
+    # The test actor joined and left: its membership and badge are revoked, its DID document and key are gone.
+    rows = psql(
+        host,
+        state,
+        'SELECT m."actorDid" || \' \' || m.status || \' \' || (b."revokedAt" IS NOT NULL)::text FROM "Membership" m '
+        'JOIN "Badge" b ON b."membershipId" = m.id',
+    ).splitlines()
+    assert len(rows) == 1 and ":users:verify-" in rows[0] and rows[0].endswith(" REVOKED true")
+    actor_did = rows[0].split(" ", 1)[0]
+    user_id = actor_did.rsplit(":", 1)[1]
+    assert not host.file(f"{state['paths']['web_root']}/users/{user_id}").exists
+    words = (word.strip("\"',") for word in reset_log.split())
+    key_files = {word for word in words if word.startswith("/") and word.endswith("/actor.pem")}
+    assert key_files and not any(host.file(path).exists for path in key_files)
+    # The hubs were restarted by the verification too, and answer ready with the root ring.
+    for hub in state["hubs"]:
+        assert f"restarted {hub['name']} (command, ready after " in reset_log
 
 
 def test_key_file_and_env_value_persisted(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
@@ -168,7 +202,7 @@ def test_every_hub_answers_ready_and_serves_the_root_ring(host: Any, state: dict
         assert ring["slug"] == "spool"
 
 
-def test_audit_line(host: Any, state: dict[str, Any]) -> None:
+def test_audit_line(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
     audit = host.file(state["paths"]["audit_log"])
     assert audit.exists and audit.mode == 0o600
     lines = audit.content_string.splitlines()
@@ -188,7 +222,14 @@ def test_audit_line(host: Any, state: dict[str, Any]) -> None:
     assert steps["did_keys"]["status"] == "in place (checked by the preflight)"
     assert steps["did_keys"]["changes"] == dict.fromkeys(("key_file", "env_file", "instance_document"), "unchanged")
     assert steps["reset"]["seconds"] > 0 and steps["reset"]["phases"]["backup"] >= 0
+    assert steps["preflight"]["seconds"] > 0 and steps["redis_flush"]["seconds"] >= 0
+    assert steps["did_keys"]["seconds"] == 0  # not run: nothing to do
+    # The key is named by its public-key fingerprint (SHA-256 of the DER SubjectPublicKeyInfo).
+    assert (
+        steps["did_keys"]["public_key_sha256"] == before["key_fingerprint"] and "fingerprint" not in steps["did_keys"]
+    )
     assert {h: r["status"] for h, r in steps["restart"].items()} == {h["name"]: "succeeded" for h in state["hubs"]}
+    assert details["check_mode"] is False
 
 
 def test_backup_restores_the_old_data(host: Any, state: dict[str, Any], before: dict[str, Any]) -> None:
