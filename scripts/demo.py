@@ -12,8 +12,12 @@
    terminal attached: the playbook asks for DELETE ALL DATA, I UNDERSTAND THIS IS IRREVERSIBLE,
    RESET PRODUCTION NOW and the target database name (ringhub). With ``--non-interactive`` they
    are given as ``ringhub_confirm_1/2/3`` and ``ringhub_confirm_target`` extra vars instead.
-4. Shows and checks what is left: one root ring with its three roles, nothing else, an empty
-   Redis, the verified backup, the audit line, and the same signing key as before.
+   It runs with ``-e ringhub_verify_after_reset=true``: the reset ends with the verification (a test
+   actor's signed join, its badge verified against the published key, before and after a restart).
+4. Shows the verification's summary and checks what is left: one root ring with its three roles,
+   nothing else but the rows and the cache entry the verification's test actor left (named as
+   such), an empty Redis otherwise, the verified backup, the audit line, the same signing key as
+   before, and a badge issued after the reset that verified against the published key.
 5. Removes the deployment, also on Ctrl-C and on failure (``--keep DIR``: build it in DIR and
    leave it running, for inspection; remove it with ``deployment.py down --dir DIR``).
 
@@ -24,8 +28,10 @@ refused: the demo then shows that nothing was destroyed) or a check failed; 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -39,12 +45,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import yaml
+
 from harness.deployment import Deployment, DeploymentError, down, up
 
 PHRASES = ("DELETE ALL DATA", "I UNDERSTAND THIS IS IRREVERSIBLE", "RESET PRODUCTION NOW")
 TARGET = "ringhub"
 PLAYBOOK = REPO / "playbooks" / "reset.yml"
 BIN = REPO / ".venv" / "bin"
+LOG_NAME = "reset.log"  # the playbook's log (ANSIBLE_LOG_PATH) in the deployment directory, 0600
+ROOT_TABLES = ("Ring", "RingRole", "_prisma_migrations")
+# One record of Ansible's log file: "2026-12-01 12:37:16,242 p=1 u=root n=ansible INFO| <text>".
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ p=\d+ u=\S* n=\S+ \w+\| ", re.M)
+CHECK_LINE = re.compile(r"^(?P<number>\d+) (?P<name>[^:]+): (?P<status>[A-Z]+) - (?P<msg>.*)$", re.S)
 
 
 def say(text: str = "") -> None:
@@ -100,6 +113,9 @@ def show_state(dep: Deployment, title: str) -> dict[str, Any]:
 def playbook_command(dep: Deployment, confirm: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
     cmd = [str(BIN / "ansible-playbook") if (BIN / "ansible-playbook").exists() else "ansible-playbook"]
     cmd += [str(PLAYBOOK), "-i", str(dep.inventory), "-l", "production"]
+    # The inventory leaves the verification out (the reset tests switch it on where they test it);
+    # proving that badges verify after the reset is the point of the demo.
+    cmd += ["-e", "ringhub_verify_after_reset=true"]
     if confirm is not None:
         vars_file = dep.directory / "confirm-vars.json"
         fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -107,12 +123,84 @@ def playbook_command(dep: Deployment, confirm: dict[str, str] | None) -> tuple[l
             json.dump(confirm, fh)
         cmd += ["-e", f"@{vars_file}"]
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RING_HUB_PRIVATE_KEY")}
+    log = dep.directory / LOG_NAME
+    os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # private before Ansible opens it
     env.update(
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
         ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"),
+        ANSIBLE_LOG_PATH=str(log),
         PATH=str(BIN) + os.pathsep + env.get("PATH", ""),
     )
     return cmd, env
+
+
+def verification_summary(log_text: str) -> list[str]:
+    """The lines of the verification's summary (the debug task of the verify role) in Ansible's log;
+    empty when the verification did not run."""
+    records = [r for r in LOG_RECORD.split(log_text) if r]
+    for index, record in enumerate(records):
+        if not record.startswith("TASK [threadring.ringhub.verify : Summary of the verification]"):
+            continue
+        for later in records[index + 1 :]:
+            if later.startswith("TASK ["):
+                break
+            match = re.match(r"ok: \[[^\]]+\] =>[ ]?\n?(.*)", later, re.S)
+            if match:
+                try:
+                    msg = (yaml.safe_load(match.group(1)) or {}).get("msg")
+                except yaml.YAMLError:
+                    return []
+                return [str(line) for line in msg] if isinstance(msg, list) else []
+    return []
+
+
+def parse_verification(lines: list[str]) -> dict[str, Any]:
+    """``{"status", "checks": {name: (status, msg)}, "actor", "badge"}`` from the summary lines."""
+    result: dict[str, Any] = {"status": None, "checks": {}, "actor": None, "badge": None}
+    if lines:
+        match = re.match(r"Ring Hub verification (\w+)", lines[0])
+        result["status"] = match.group(1) if match else None
+    for line in lines[1:]:
+        match = CHECK_LINE.match(line)
+        if match:
+            result["checks"][match.group("name")] = (match.group("status"), match.group("msg"))
+    actor = re.match(r"(did:\S+):\s", result["checks"].get("test actor", ("", ""))[1])
+    result["actor"] = actor.group(1) if actor else None
+    badge = re.search(r"badge (\S+)$", result["checks"].get("join", ("", ""))[1])
+    result["badge"] = badge.group(1) if badge else None
+    return result
+
+
+def actor_rows(dep: Deployment, actor: str | None) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+    """Rows outside the root ring's tables: (the test actor's per table, any other per table, the state of
+    the actor's membership and badge). A row is the actor's when its JSON names the actor's DID."""
+    mine: dict[str, int] = {}
+    others: dict[str, int] = {}
+    state: dict[str, Any] = {"memberships": [], "badges_revoked": []}
+    with contextlib.closing(dep.connect()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        for (table,) in cur.fetchall():
+            if table in ROOT_TABLES:
+                continue
+            cur.execute(
+                f'SELECT count(*) FILTER (WHERE strpos(row_to_json(t)::text, %s) > 0), count(*) FROM "{table}" t',
+                (actor or "\x01no test actor",),  # a string no row holds when the verification named no actor
+            )
+            theirs, total = cur.fetchone()
+            if theirs:
+                mine[table] = theirs
+            if total - theirs:
+                others[table] = total - theirs
+        if actor:
+            cur.execute('SELECT status::text FROM "Membership" WHERE "actorDid" = %s ORDER BY 1', (actor,))
+            state["memberships"] = [row[0] for row in cur.fetchall()]
+            cur.execute(
+                'SELECT b."revokedAt" IS NOT NULL FROM "Badge" b JOIN "Membership" m ON m.id = b."membershipId" '
+                'WHERE m."actorDid" = %s',
+                (actor,),
+            )
+            state["badges_revoked"] = [row[0] for row in cur.fetchall()]
+    return mine, others, state
 
 
 def run_playbook(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
@@ -135,18 +223,44 @@ def run_playbook(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
         signal.signal(signal.SIGINT, previous)
 
 
-def check_after(before: dict[str, Any], after: dict[str, Any], dep: Deployment) -> list[tuple[bool, str]]:
-    """What a reset must leave: (ok, line) for each promise."""
+def check_after(
+    before: dict[str, Any], after: dict[str, Any], dep: Deployment, verification: dict[str, Any]
+) -> list[tuple[bool, str]]:
+    """What a reset must leave: (ok, line) for each promise. ``verification``: ``parse_verification``."""
     b, a = before["counts"], after["counts"]
     checks: list[tuple[bool, str]] = []
-    rows = {name: t["rows"] for name, t in a["tables"].items()}
     checks.append((a["rings"] == ["spool"], f"one root ring: {', '.join(a['rings']) or 'none'}"))
     checks.append((a["root_roles"] == ["member", "moderator", "owner"], f"its roles: {', '.join(a['root_roles'])}"))
-    others = {n: r for n, r in rows.items() if n not in ("Ring", "RingRole", "_prisma_migrations") and r}
+    actor = verification["actor"]
+    mine, others, actor_state = actor_rows(dep, actor)
     checks.append((not others, "no other rows" if not others else f"rows left: {others}"))
+    if mine:
+        # The test actor joined and left: its membership must be over and its badge revoked.
+        left = bool(actor_state["memberships"]) and "ACTIVE" not in actor_state["memberships"]
+        revoked = bool(actor_state["badges_revoked"]) and all(actor_state["badges_revoked"])
+        listed = ", ".join(f"{table} {count}" for table, count in sorted(mine.items()))
+        checks.append(
+            (
+                left and revoked,
+                f"left by the verification's test actor: {listed} rows ({actor}: membership "
+                f"{'/'.join(actor_state['memberships']) or 'none'}, badge {'revoked' if revoked else 'NOT revoked'}"
+                + ("; AuditLog: the hub's own record of its join and leave)" if "AuditLog" in mine else ")"),
+            )
+        )
     checks.append((a["migrations"] == b["migrations"], f"Prisma history: {len(a['migrations'])} migrations recorded"))
-    redis_left = {db: e["keys"] for db, e in a["redis"].items()}
-    checks.append((not redis_left, "Redis is empty" if not redis_left else f"Redis keys left: {redis_left}"))
+    # The hub caches the DID documents it resolves: the test actor's, written after the flush, may be there.
+    actor_keys = {
+        db: len([k for k in keys if actor and actor in k]) for db, keys in after.get("redis_keys", {}).items()
+    }
+    redis_left = {db: e["keys"] - actor_keys.get(db, 0) for db, e in a["redis"].items()}
+    redis_left = {db: n for db, n in redis_left.items() if n}
+    empty = "Redis is empty" + (" otherwise" if any(actor_keys.values()) else "")
+    checks.append((not redis_left, empty if not redis_left else f"Redis keys left: {redis_left}"))
+    if any(actor_keys.values()):
+        listed = ", ".join(f"db{db} {n} key" for db, n in sorted(actor_keys.items()) if n)
+        checks.append(
+            (True, f"left by the verification's test actor: Redis {listed} (the hub's cache of its DID document)")
+        )
     new_backups = [name for name in a["backups"] if name not in b["backups"]]
     backup_dir = dep.paths["backup_dir"]
     checks.append(
@@ -170,6 +284,29 @@ def check_after(before: dict[str, Any], after: dict[str, Any], dep: Deployment) 
     checks.append((published, "the instance DID document served at /.well-known/did.json publishes it"))
     ready = [h["name"] for h in after["hubs"] if h["status"] == 200]
     checks.append((len(ready) == len(after["hubs"]), f"hubs ready after the restart: {', '.join(ready) or 'none'}"))
+    results = verification["checks"]
+    passed = [name for name, (status, _msg) in results.items() if status == "PASSED"]
+    checks.append(
+        (
+            verification["status"] == "PASSED" and len(passed) == len(results) == 8,
+            f"the verification {verification['status'] or 'did not run'}: "
+            f"{len(passed)} of {len(results)} checks passed",
+        )
+    )
+    badge_ok = results.get("badge", ("",))[0] == "PASSED" and results.get("after restart", ("",))[0] == "PASSED"
+    checks.append(
+        (
+            badge_ok,
+            "a badge issued after the reset verified against the published key"
+            + (
+                f": {verification['badge']} (its JWS checked with {dep.instance_did}#key-1 of the served DID document, "
+                "and again after the restart)"
+                if badge_ok
+                else f": NOT proven (6 badge {results.get('badge', ('not run',))[0]}, "
+                f"7 after restart {results.get('after restart', ('not run',))[0]})"
+            ),
+        )
+    )
     return checks
 
 
@@ -249,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             say("(anything else aborts the reset, with nothing destroyed)")
         else:
             say("The confirmations are given as extra vars (ringhub_confirm_1/2/3, ringhub_confirm_target).")
+        say("The reset ends with the verification (ringhub_verify_after_reset=true): a test actor joins the root")
+        say("ring, its badge is verified against the published key before and after a restart, then it leaves.")
         say()
         rc, interrupted = run_playbook(cmd, env)
         if interrupted:
@@ -256,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
             status = 130
             return status
 
+        log = dep.directory / LOG_NAME
+        summary = verification_summary(log.read_text(errors="replace")) if log.exists() else []
+        heading("The verification")
+        for line in summary or ["the verification did not run (see the playbook's output above)"]:
+            say(f"  {line}")
+        verification = parse_verification(summary)
         after = show_state(dep, "After the reset")
         if rc != 0:
             kept = comparable(after["counts"]) == comparable(before["counts"])
@@ -264,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             say("  nothing was destroyed: every row, key and file is as it was" if kept else "  THE STATE CHANGED")
             return status
         heading("Checks")
-        checks = check_after(before, after, dep)
+        checks = check_after(before, after, dep, verification)
         for ok, line in checks:
             say(f"  [{'ok' if ok else 'FAILED'}] {line}")
         status = 0 if all(ok for ok, _line in checks) else 1

@@ -41,8 +41,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519, _envfile
 from harness.ansible import COLLECTIONS_DIR, REPO, ensure_collection_link
 from harness.deployment import Deployment
+from harness.secret_forms import assert_no_secret, deployment_secret_forms, key_forms
 
 ansible_runner = pytest.importorskip("ansible_runner", reason="ansible-runner is not installed (requirements-dev.txt)")
 from ansible_runner.utils import args2cmdline
@@ -164,6 +166,8 @@ class AwxJob:
         meta: bool = True,
         workflow: str | None = None,
         credentials: dict[str, dict[str, str]] | None = None,
+        verbosity: int = 0,
+        output_file: bool = False,
     ) -> None:
         self.job_id = job_id
         self.dir = Path(tempfile.mkdtemp(prefix=f"awx_{job_id}_", dir=base))
@@ -184,15 +188,24 @@ class AwxJob:
 
         args = ["--check"] if job_type == "check" else []  # RunJob.build_args, in its order
         args += ["-u", "root", "-l", "production"]
+        if verbosity:  # the job template's verbosity, after the limit as RunJob.build_args adds it
+            args.append("-" + "v" * min(5, verbosity))
         types = credential_types()
+        self.credential_files: list[Path] = []
         for type_name, inputs in (credentials or {}).items():
             handle, path = tempfile.mkstemp(dir=env_dir)
             os.close(handle)
             self._write(Path(path), awx_safe_dump(injected_extra_vars(types[type_name], inputs)), 0o400)
+            self.credential_files.append(Path(path))
             args += ["-e", f"@{path}"]
         self._write(env_dir / "cmdline", args2cmdline(*args), 0o600)
         self.cmdline = args
-        settings = {"job_timeout": JOB_TIMEOUT, "suppress_ansible_output": True, "suppress_output_file": True}
+        # AWX streams the events and suppresses the stdout file; a bare ansible-runner run writes artifacts/<id>/stdout.
+        settings = {
+            "job_timeout": JOB_TIMEOUT,
+            "suppress_ansible_output": True,
+            "suppress_output_file": not output_file,
+        }
         self._write(env_dir / "settings", json.dumps(settings), 0o600)
         drop = ("ringhub_database_url", "ringhub_redis_url")
         self.inventory = self.dir / "inventory" / "hosts"
@@ -225,6 +238,19 @@ class AwxJob:
         seconds = time.monotonic() - started
         events = list(runner.events)
         return JobResult(runner.status, runner.rc, events, seconds)
+
+    def artifact_sources(self) -> dict[str, bytes]:
+        """Every file the run left in the private data directory that is not an input holding the job's
+        variables: ``artifacts/<id>/`` (stdout when written, job_events/*.json, command, status, rc...), ``env/``
+        except ``extravars`` and the credential files (they hold the survey answers and the secrets by design),
+        ``inventory/hosts``."""
+        inputs = {self.dir / "env" / "extravars", *self.credential_files}
+        sources = {}
+        for top in ("artifacts", "env", "inventory"):
+            for path in sorted((self.dir / top).rglob("*")):
+                if path.is_file() and path not in inputs:
+                    sources[str(path.relative_to(self.dir))] = path.read_bytes()
+        return sources
 
 
 class JobResult:
@@ -323,8 +349,6 @@ def test_workflow_jobs_preflight_then_reset_without_a_prompt(
     assert "database_url: postgresql://ringhub:********@" in result.stdout
     assert "(variable ringhub_database_url)" in result.stdout and "(variable ringhub_redis_url)" in result.stdout
     assert dep.paths["key"].exists()
-    from ansible_collections.threadring.ringhub.plugins.module_utils import _ed25519
-
     installed = _ed25519.load_private_key(dep.paths["key"].read_bytes())
     assert installed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == public_key
 
@@ -340,7 +364,58 @@ def test_workflow_jobs_preflight_then_reset_without_a_prompt(
     for secret in _secrets(dep, key_pem):
         assert secret not in preflight.log and secret not in result.log
         assert secret not in json.dumps(audit)
+    # Every form of every secret (harness.secret_forms), in everything the runner left of both jobs.
+    forms = deployment_secret_forms(dep.state, key_pem)
+    for done in (preflight_job, job):
+        sources = done.artifact_sources()
+        events = [name for name in sources if name.startswith(f"artifacts/{done.job_id}/job_events/")]
+        assert len(events) > 20 and f"artifacts/{done.job_id}/stdout" not in sources  # AWX: events, no stdout file
+        assert_no_secret(sources, forms)
+    assert_no_secret({"audit line": json.dumps(audit), "events": preflight.log + result.log}, forms)
     print(f"AWX-style jobs: preflight {preflight.seconds:.1f} s, reset {result.seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_the_artifacts_of_a_verbose_job_with_the_verification_hold_no_form_of_any_secret(
+    sandbox_deployment_factory: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    """A reset job at verbosity 3 with the verification on, its stdout file written (as a bare ansible-runner run
+    writes it): the runner's artifacts (stdout, job_events/*.json, command...), env/ but the files holding the input
+    variables, and the inventory script hold neither password nor the key given in the credential in any form; the
+    key file and the .env the reset wrote it to are 0600, the audit file 0600, the backup private."""
+    dep = sandbox_deployment_factory(demo_data=True, key=False)
+    key_pem = _new_key()[0]
+    answers = {**_answers(), "ringhub_verify_after_reset": True}
+    job = AwxJob(
+        tmp_path, dep, job_id=106, template="Ring Hub reset", answers=answers, credentials=_credentials(dep, key_pem),
+        verbosity=3, output_file=True,
+    )  # fmt: skip
+    assert job.cmdline[:5] == ["-u", "root", "-l", "production", "-vvv"]
+    result = job.run()
+    assert result.status == "successful", result.stdout[-4000:]
+    sources = job.artifact_sources()
+    stdout = sources[f"artifacts/{job.job_id}/stdout"].decode()
+    assert "ESTABLISH LOCAL CONNECTION" in stdout and "Ring Hub verification PASSED" in stdout
+    assert "/plugins/modules/hub_probe.py" in stdout and "/plugins/modules/did_keys.py" in stdout
+    assert len([name for name in sources if "/job_events/" in name]) > 50
+    assert "env/cmdline" in sources and "env/extravars" not in sources and job.credential_files
+    # The credential's key is the one installed, so its forms are the ones the run handled.
+    installed = dep.paths["key"].read_bytes()
+    assert _envfile.find_var(dep.paths["env_file"].read_text(), "RING_HUB_PRIVATE_KEY")[-1]["value"] == (
+        _envfile.encode_key_value(_ed25519.load_private_key(installed))
+    )
+    assert _ed25519.same_key(_ed25519.load_private_key(installed), _ed25519.load_private_key(key_pem.encode()))
+    forms = deployment_secret_forms(dep.state, key_pem) + key_forms(installed, label="installed key file")
+    sources["audit file"] = dep.paths["audit_log"].read_bytes()
+    sources["backup directory listing"] = "\n".join(sorted(p.name for p in dep.paths["backup_dir"].iterdir()))
+    assert_no_secret(sources, forms)
+    # The files that hold a secret, or the backup of the data, are private.
+    for path in (dep.paths["key"], dep.paths["env_file"], dep.paths["audit_log"]):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(dep.paths["backup_dir"].stat().st_mode) & 0o077 == 0
+    dumps = list(dep.paths["backup_dir"].glob("*.dump"))
+    assert dumps and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in dumps)
+    print(f"verbose AWX-style reset with the verification: {result.seconds:.1f} s, {len(sources)} files scanned")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from harness.deployment import Deployment, down, new_directory
 from harness.pg import REPO
+from harness.secret_forms import assert_no_secret, deployment_secret_forms
 
 DEMO = REPO / "scripts" / "demo.py"
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -67,11 +69,46 @@ def test_demo_resets_the_deployment_and_leaves_what_it_promises(kept: Path) -> N
     before, after, checks = section(out, "Before the reset"), section(out, "After the reset"), section(out, "Checks")
     assert "rings (6):" in before and "Redis db0:" in before and "Redis db1:" in before
     assert re.search(r"badges (\d+)", before) and int(re.search(r"badges (\d+)", before).group(1)) > 0
-    assert "rings (1):" in after and "spool" in after and "Redis: no keys in any database" in after
+    assert "rings (1):" in after and "spool" in after
     assert "root ring roles: member, moderator, owner" in after
-    assert "FAILED" not in checks and checks.count("[ok]") >= 10
+    assert "FAILED" not in checks and checks.count("[ok]") >= 15
     assert "The reset did what it promises." in out
     assert "PLAY RECAP" in out and "ansible-playbook" in out and "-l production" in out
+    assert "-e ringhub_verify_after_reset=true" in out  # the command shown runs the verification
+
+    # The verification's summary: its eight checks, each passed, the test actor and its badge named.
+    verification = [line.strip() for line in section(out, "The verification").strip().splitlines()]
+    assert verification[0].startswith("Ring Hub verification PASSED in ")
+    names = ["health", "root ring", "instance DID document", "test actor", "join", "badge", "after restart", "cleanup"]
+    assert [line.split(" - ", 1)[0] for line in verification[1:9]] == [
+        f"{n} {name}: PASSED" for n, name in enumerate(names, 1)
+    ]
+    actor = re.match(r"4 test actor: PASSED - (did:web:\S+:users:verify-[0-9a-f]+):", verification[4]).group(1)
+    badge = re.search(r"badge (http://127\.0\.0\.1:\d+/badges/\S+)$", verification[5]).group(1)
+    assert "verified with did:web:127.0.0.1#key-1" in verification[6]
+    restarted = r"7 after restart: PASSED - restarted hub1 \(command, ready after [0-9.]+ s\), hub2 "
+    assert re.match(restarted, verification[7]), verification[7]
+    assert "[ok] the verification PASSED: 8 of 8 checks passed" in checks
+    assert (
+        f"[ok] a badge issued after the reset verified against the published key: {badge} "
+        "(its JWS checked with did:web:127.0.0.1#key-1 of the served DID document, and again after the restart)"
+    ) in checks
+    # What the test actor left is allowed, and named as such; nothing else is.
+    assert "[ok] no other rows" in checks
+    left = [line for line in checks.splitlines() if "left by the verification's test actor: " in line]
+    assert len(left) == 2, checks
+    assert (
+        left[0].startswith(
+            "  [ok] left by the verification's test actor: "
+            "Actor 1, AuditLog 2, Badge 1, HttpSignature 1, Membership 1 rows"
+        )
+        and f"({actor}: membership REVOKED, badge revoked; AuditLog: the hub's own record" in left[0]
+    )
+    assert (
+        left[1] == "  [ok] left by the verification's test actor: Redis db0 1 key (the hub's cache of its DID document)"
+    )
+    assert "[ok] Redis is empty otherwise" in checks
+    assert "Redis db0: 1 keys (did:*)" in after and "members 1, actors 1, badges 1 (0 active)" in after
     key_before = re.search(r"file sha256\s+([0-9a-f]{64})", before).group(1)
     key_after = re.search(r"file sha256\s+([0-9a-f]{64})", after).group(1)
     assert key_before == key_after
@@ -81,11 +118,27 @@ def test_demo_resets_the_deployment_and_leaves_what_it_promises(kept: Path) -> N
     counts = dep.counts()
     assert counts["rings"] == ["spool"]
     assert counts["root_roles"] == ["member", "moderator", "owner"]
+    # Besides the root ring, only the test actor's trace: it joined (one badge) and left (the badge revoked).
     assert {n: t["rows"] for n, t in counts["tables"].items() if t["rows"] and n != "_prisma_migrations"} == {
         "Ring": 1,
         "RingRole": 3,
+        "Actor": 1,
+        "Membership": 1,
+        "Badge": 1,
+        "HttpSignature": 1,
+        "AuditLog": 2,
     }
-    assert counts["redis"] == {}
+    with dep.connect() as conn, conn.cursor() as cur:
+        cur.execute(
+            'SELECT m."actorDid", m.status::text, b."revokedAt" IS NOT NULL, b.id FROM "Membership" m '
+            'JOIN "Badge" b ON b."membershipId" = m.id'
+        )
+        assert cur.fetchall() == [(actor, "REVOKED", True, badge)]
+        cur.execute('SELECT count(*) FROM "AuditLog" WHERE "actorDid" <> %s', (actor,))
+        assert cur.fetchone() == (0,)
+    assert list(counts["redis"]) == ["0"] and counts["redis"]["0"]["keys"] == 1
+    assert [k for k in dep.redis_client(0).scan_iter()] == [f"did:{actor}"]
+    assert not list(dep.paths["web_root"].glob("users/verify-*"))  # its DID document was removed
     assert counts["environment_marker"] == "production"
     assert hashlib.sha256(dep.paths["key"].read_bytes()).hexdigest() == key_after == counts["key_file_sha256"]
     assert counts["env_key"] == {"present": True, "matches_key_file": True}
@@ -95,9 +148,10 @@ def test_demo_resets_the_deployment_and_leaves_what_it_promises(kept: Path) -> N
     audit = [json.loads(line) for line in dep.paths["audit_log"].read_text().splitlines()]
     assert len(audit) == 1 and audit[0]["event"] == "reset" and audit[0]["status"] == "succeeded"
     assert all(h["status"] == 200 for h in dep.hub_health())
-    # No secret in what the demo printed.
-    for secret in (dep.state["database"]["role_password"], dep.state["redis"]["password"]):
-        assert secret not in out
+    # No secret, in any of its forms, in what the demo printed or in the playbook's log it kept.
+    log = dep.directory / "reset.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and "Ring Hub verification PASSED" in log.read_text()
+    assert_no_secret({"demo output": out, "playbook log": log.read_bytes()}, deployment_secret_forms(dep.state))
 
 
 def test_a_wrong_confirmation_destroys_nothing_and_the_demo_cleans_up() -> None:
@@ -108,6 +162,7 @@ def test_a_wrong_confirmation_destroys_nothing_and_the_demo_cleans_up() -> None:
         assert run.returncode == 1, out[-4000:]
         assert "nothing was destroyed: every row, key and file is as it was" in out
         assert "target database name does not match" in out
+        assert "the verification did not run" in section(out, "The verification")
         assert section(out, "After the reset").count("members") >= 2  # the demo data is all there
         counts = Deployment.load(directory).counts()
         assert len(counts["rings"]) == 6 and counts["redis"]["0"]["keys"] > 0 and counts["backups"] == []

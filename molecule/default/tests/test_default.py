@@ -12,10 +12,14 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from harness.secret_forms import assert_no_secret, deployment_secret_forms
 
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 ROOT_ROLES = {
@@ -251,14 +255,49 @@ def test_backup_restores_the_old_data(host: Any, state: dict[str, Any], before: 
         psql(host, state, "DROP DATABASE IF EXISTS restore_check", dbname="postgres")
 
 
-def test_no_secret_in_the_whole_vvv_output(state: dict[str, Any], reset_log: str) -> None:
+def test_no_form_of_any_secret_in_what_the_reset_printed_wrote_or_left(
+    host: Any, state: dict[str, Any], reset_log: str
+) -> None:
+    """The -vvv output, the audit file, the backup directory's names, the rows, Redis keys and web root files the
+    verification's test actor left: none holds the database or Redis password or the badge key in any form (PEM,
+    base64 of the PEM as RING_HUB_PRIVATE_KEY holds it, the raw private bytes in base64 or hex)."""
     assert "ESTABLISH LOCAL CONNECTION" in reset_log  # it is the -vvv output
-    key_pem = Path(state["paths"]["key"]).read_text()
-    secrets = {
-        "database password": state["database"]["role_password"],
-        "Redis password": state["redis"]["password"],
-        "key (base64 env value)": base64.b64encode(key_pem.encode()).decode()[20:80],
-        "key (PEM body)": key_pem.splitlines()[1],
+    assert "Ring Hub verification PASSED in " in reset_log  # with the hub_probe path
+    forms = deployment_secret_forms(state)
+    assert any(f.what.startswith("badge key: ") for f in forms) and any(f.what == "Redis password" for f in forms)
+    paths = state["paths"]
+    tables = psql(host, state, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").split()
+    dumped = "\n".join(
+        psql(host, state, f"SELECT coalesce(string_agg(row_to_json(t)::text, chr(10)), '') FROM \"{t}\" t")
+        for t in tables
+    )
+    redis = "\n".join(
+        f"db0 {name} " + redis_cli(host, state, "--no-raw", "-n", "0", "DUMP", name)
+        for name in redis_cli(host, state, "-n", "0", "--scan").split()
+    )
+    sources = {
+        "the -vvv output of the reset": reset_log,
+        "audit file": host.file(paths["audit_log"]).content_string,
+        "backup directory listing": "\n".join(host.file(paths["backup_dir"]).listdir()),
+        "rows left in the database": dumped,
+        "Redis keys left": redis,
     }
-    for what, secret in secrets.items():
-        assert secret and secret not in reset_log, what
+    for path in Path(paths["web_root"]).rglob("*"):
+        if path.is_file():
+            sources[f"web root file {path}"] = path.read_bytes()
+    assert "verify-" in dumped and "verify-" in redis  # the test actor's trace is among the sources
+    assert_no_secret(sources, forms)
+
+
+def test_file_modes(host: Any, state: dict[str, Any]) -> None:
+    """The audit file 0600, the backup directory and its dump not readable by others, the key file and the .env
+    holding its value 0600."""
+    paths = state["paths"]
+    assert host.file(paths["audit_log"]).mode == 0o600
+    backups = host.file(paths["backup_dir"])
+    assert backups.is_directory and backups.mode & 0o077 == 0
+    dumps = [name for name in backups.listdir() if name.endswith(".dump")]
+    assert dumps and all(host.file(f"{paths['backup_dir']}/{name}").mode == 0o600 for name in dumps)
+    assert host.file(paths["key"]).mode == 0o600
+    env = host.file(paths["env_file"])
+    assert "RING_HUB_PRIVATE_KEY=" in env.content_string and env.mode == 0o600
