@@ -137,7 +137,7 @@ def test_demo_resets_the_deployment_and_leaves_what_it_promises(kept: Path) -> N
         cur.execute('SELECT count(*) FROM "AuditLog" WHERE "actorDid" <> %s', (actor,))
         assert cur.fetchone() == (0,)
     assert list(counts["redis"]) == ["0"] and counts["redis"]["0"]["keys"] == 1
-    assert [k for k in dep.redis_client(0).scan_iter()] == [f"did:{actor}"]
+    assert list(dep.redis_client(0).scan_iter()) == [f"did:{actor}"]
     assert not list(dep.paths["web_root"].glob("users/verify-*"))  # its DID document was removed
     assert counts["environment_marker"] == "production"
     assert hashlib.sha256(dep.paths["key"].read_bytes()).hexdigest() == key_after == counts["key_file_sha256"]

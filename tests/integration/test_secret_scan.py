@@ -199,7 +199,7 @@ def test_a_full_vvv_reset_with_the_verification_leaks_no_form_of_any_secret(
 
 def test_the_scan_finds_a_key_wrapped_escaped_or_inside_a_longer_value() -> None:
     """The forms are found where a leak would put them, and another key's are not flagged."""
-    key, other = (_ed25519.generate_private_key() for _ in range(2))
+    key, other = _ed25519.generate_private_key(), _ed25519.generate_private_key()
     pem = _ed25519.private_pem(key)
     forms = key_forms(pem)
     raw = key.private_bytes_raw()
