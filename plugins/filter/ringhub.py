@@ -124,7 +124,10 @@ def _redis_problem(url: Any) -> str | None:
         parts = urlsplit(url)
         _port = parts.port  # raises ValueError on a bad port
     except ValueError:
-        return f"ringhub_redis_url {mask_url(url)} does not parse as a URL"
+        return (
+            f"ringhub_redis_url {mask_url(url)} does not parse as a URL: its port is not a number from 0 to 65535"
+            " (or a '[' has no ']'); percent-encode / ? # @ : [ ] in a password"
+        )
     if parts.scheme not in REDIS_SCHEMES:
         return f"ringhub_redis_url must start with redis://, rediss:// or unix://, got {mask_url(url)}"
     if parts.scheme != "unix" and not parts.hostname:

@@ -211,7 +211,8 @@ def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None
     else:
         if state["problem"]:
             raise RingHubError(
-                f"{state['msg']}; the file is left as it is (set regenerate=always to replace it after a backup)",
+                f"{state['msg']}; the file is left as it is: put the hub's Ed25519 key (PKCS#8 PEM) back in its place, "
+                "or set regenerate=always to replace it with a new key after a backup",
                 problem=state["problem"],
                 path=path,
             )
@@ -241,6 +242,7 @@ def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None
         key_attrs = {}
     elif key_attrs:
         key_action = "attributes"
+    key_exposed = _key_exposure(path, key_attrs, warnings) if key_action in ("unchanged", "attributes") else None
 
     # ---- the env file
     env_action = None
@@ -278,6 +280,12 @@ def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None
             if env_action is None and env_attrs:
                 env_action = "attributes"
 
+    # ---- every file to write can be written (found in check mode too, before anything is changed)
+    if key_action in ("created", "replaced"):
+        _check_writable(path, "key file")
+    if env_path and env_action in ("created", "set", "replaced"):
+        _check_writable(env_path, "env file")
+
     # ---- DID documents
     hub_url = params.get("hub_url")
     did = _did.instance_did(hub_url) if hub_url else None
@@ -289,11 +297,17 @@ def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None
         user = dict(user, base_url=base_url, did=_did.user_did(base_url, user["id"]))
     if params.get("instance_document") and not did:
         raise RingHubError("instance_document needs hub_url (the DID is did:web:<hostname of hub_url>)")
-    for doc_path in (params.get("instance_document"), user["path"] if user else None):
+    for which, doc_path in (("instance", params.get("instance_document")), ("user", user["path"] if user else None)):
         if doc_path:
             # Refuse an unusable target (a directory, under a file, no permission) before the key is touched.
-            _keyfile.read_bytes(os.path.abspath(doc_path), "DID document")
+            current = _keyfile.read_bytes(os.path.abspath(doc_path), "DID document")
             files.differences(files.args(os.path.abspath(doc_path), document_mode))  # a malformed mode fails here
+            if key is None or current != _doc_bytes(
+                {"did": did, "user": user, "publish_base64": bool(params.get("publish_base64"))},
+                which,
+                _ed25519.raw_public_key(key),
+            ):
+                _check_writable(os.path.abspath(doc_path), f"{which} DID document")
 
     return {
         "path": path,
@@ -321,7 +335,54 @@ def plan(params: dict[str, Any], files: Files, warnings: list[str] | None = None
         "document_mode": document_mode,
         "warnings": warnings,
         "conflicts": conflicts,
+        "key_exposed": key_exposed,
     }
+
+
+def _check_writable(path: str, what: str) -> None:
+    """Refuse, before anything is written, a file the module would write but cannot: its directory (or the
+    nearest one that exists, where it would be created) must take a new file (the write is atomic)."""
+    directory = os.path.dirname(path)
+    while directory and not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    if os.access(directory, os.W_OK | os.X_OK) and (not os.path.exists(path) or os.access(path, os.W_OK)):
+        return
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "it is on a read-only file system" if read_only else "the user running the module may not write there"
+    raise RingHubError(
+        f"{what} {path} must be written but cannot be: {why} (directory {directory}); "
+        "make it writable (or fix the file by hand) and run again",
+        problem="unwritable",
+        path=path,
+    )
+
+
+def _key_exposure(path: str, key_attrs: dict[str, Any], warnings: list[str]) -> dict[str, Any] | None:
+    """A kept key file that other users may read: the mode is tightened all the same, and a warning says
+    the key may already have been read and should be rotated. None when only its owner may read it."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    readers = [who for who, bit in (("its group", stat.S_IRGRP), ("all other users", stat.S_IROTH)) if mode & bit]
+    if not readers:
+        return None
+    wanted = key_attrs.get("mode", (None, None))[1]
+    tightened = f"{int(wanted, 8):04o}" if isinstance(wanted, str) and wanted.startswith("0o") else None
+    who = " and ".join(readers)
+    now = f"it is set to {tightened}" if tightened else "the mode option keeps it so"
+    warnings.append(
+        f"key file {path} can be read by {who} (mode {mode:04o}): {now}, but the private key may already have "
+        "been read by someone else; rotate it (regenerate=always writes a new key, its env value and the DID "
+        "documents)"
+    )
+    return {"mode": f"{mode:04o}", "readable_by": who, "tightened_to": tightened}
 
 
 def _env_file_mode(path: str, keep_mode: bool, warnings: list[str]) -> str | None:
@@ -464,6 +525,7 @@ def execute(p: dict[str, Any], files: Files, now: datetime.datetime | None = Non
         "user_key_id": _did.key_id(p["user"]["did"]) if p["user"] else None,
         "public_key": _key_summary(key) if known else None,
         "fingerprint": _ed25519.fingerprint(key) if known else None,
+        "key_file_exposed": p["key_exposed"],
     }
     return Outcome(
         changed=any(v != "unchanged" for v in changes.values()),

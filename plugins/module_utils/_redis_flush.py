@@ -98,6 +98,7 @@ def flush_redis(params: dict[str, Any], check_mode: bool) -> Outcome:
         asynchronous=params["asynchronous"],
         batch_size=params["batch_size"],
         check_mode=check_mode,
+        db_source="db" if params.get("db") is not None else "redis_url",
     )
     result = flusher.run()
     diff = {"before": {"keys": result["keys_before"]}, "after": {"keys": result["keys_after"]}}
@@ -258,6 +259,12 @@ def sample_key(pattern: bytes) -> bytes:
     return bytes(out)
 
 
+def _out_of_range(exc: BaseException) -> bool:
+    """A SELECT refused because the server has no such database."""
+    text = str(exc).lower()
+    return "out of range" in text or "invalid db" in text
+
+
 def db_label(db: int) -> str:
     return f"db{db}"
 
@@ -309,6 +316,7 @@ class RedisFlusher:
         asynchronous: bool = True,
         batch_size: int = 1000,
         check_mode: bool = False,
+        db_source: str = "redis_url",
     ) -> None:
         if mode not in MODES:
             raise NothingChanged(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -324,6 +332,7 @@ class RedisFlusher:
         self.asynchronous = asynchronous
         self.batch_size = batch_size
         self.check_mode = check_mode
+        self.db_source = db_source
         self.warnings: list[str] = []
         self.timer = PhaseTimer()
         self.cluster = False
@@ -394,6 +403,7 @@ class RedisFlusher:
                     "the server is a read-only replica; point the module at its primary",
                 )
             name = conn.unix_socket or f"{conn.host}:{conn.port}"
+            self._check_database_index(seed)
             self.nodes = [NodeState(name, seed, self._version(seed, info))]
             return
         try:
@@ -416,6 +426,69 @@ class RedisFlusher:
         for node in sorted(primaries, key=lambda n: n.name):
             client = conn.for_node(node.host, node.port).connect(db=0)
             self.nodes.append(NodeState(node.name, client, self._version(client, self._info(client, "server"))))
+
+    def _check_database_index(self, seed: Any) -> None:
+        """Refuse a database number the server does not have, in every mode, before anything is deleted.
+
+        The hub cannot use such a database either, so the URL is wrong; a FLUSHALL "for" it would
+        empty every database of the server without a word.
+        """
+        db = self.conn.db
+        if db == 0:
+            return
+        try:
+            seed.execute_command("SELECT", db)
+            seed.execute_command("SELECT", 0)
+        except redis.exceptions.ResponseError as exc:
+            if not _out_of_range(exc):
+                raise self.conn.error(f"SELECT {db} failed on", exc) from exc
+            count = self._databases_setting(seed, db)
+            have = (
+                f"its 'databases' setting is {count} (databases 0 to {count - 1})"
+                if count
+                else "its 'databases' setting could not be read"
+            )
+            fix = (
+                "Correct the database number at the end of REDIS_URL (redis://host:port/N, the database the hub uses)"
+                if self.db_source == "redis_url"
+                else "Correct the db option"
+            )
+            raise NothingChanged(
+                f"{self.db_source} names Redis database {db}, which the server at {self.conn.endpoint} does not "
+                f"have: {have}. {fix}",
+                endpoint=self.conn.endpoint,
+                db=db,
+                databases=count,
+            ) from None
+        except redis.exceptions.RedisError as exc:
+            raise self.conn.error(f"SELECT {db} failed on", exc) from exc
+
+    @staticmethod
+    def _databases_setting(seed: Any, db: int) -> int | None:
+        """The server's ``databases`` setting: ``CONFIG GET databases``, else found with SELECT (below ``db``)."""
+        try:
+            reply = seed.execute_command("CONFIG", "GET", "databases")
+            values = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else dict(reply)
+            value = values.get(b"databases", values.get("databases"))
+            if value is not None:
+                return int(value)
+        except (redis.exceptions.RedisError, ValueError, TypeError):
+            pass
+        low, high = 0, db  # SELECT low works, SELECT high does not
+        try:
+            while high - low > 1:
+                middle = (low + high) // 2
+                try:
+                    seed.execute_command("SELECT", middle)
+                    low = middle
+                except redis.exceptions.ResponseError as exc:
+                    if not _out_of_range(exc):
+                        return None
+                    high = middle
+            seed.execute_command("SELECT", 0)
+        except redis.exceptions.RedisError:
+            return None
+        return high
 
     def _cluster_enabled(self, seed: Any, info: dict[str, Any] | None) -> bool:
         if self.conn.cluster_mode == "standalone":
@@ -453,7 +526,7 @@ class RedisFlusher:
                         node.client.execute_command("SELECT", db)
                     size = int(node.client.execute_command("DBSIZE"))
                 except redis.exceptions.ResponseError as exc:
-                    if "out of range" in str(exc).lower() or "invalid db" in str(exc).lower():
+                    if _out_of_range(exc):
                         break
                     raise self._node_conn(node).error("cannot count keys (INFO keyspace, DBSIZE) on", exc) from exc
                 if size:
@@ -641,6 +714,7 @@ class RedisFlusher:
                         node.keys_before = self.count_keys(node)
                     for node in self.nodes:  # every node is checked before any deletes
                         self.probe(node)
+                    self._warn_beyond()
                 with nothing_changed_on_failure() if self.check_mode else contextlib.nullcontext():
                     with self.timer.phase("flush"):
                         for node in self.nodes:
@@ -651,6 +725,28 @@ class RedisFlusher:
         finally:
             self.close()
         return self.result()
+
+    def beyond(self) -> dict[str, dict[int, int]]:
+        """With mode ``all``: the keys per node in the databases other than the connection's own, which
+        FLUSHALL deletes too (empty in the other modes)."""
+        if self.mode != "all":
+            return {}
+        out = {}
+        for node in self.nodes:
+            other = {db: n for db, n in sorted(node.keys_before.items()) if db != self.conn.db and n}
+            if other:
+                out[node.name] = other
+        return out
+
+    def _warn_beyond(self) -> None:
+        db = self.conn.db
+        for name, other in self.beyond().items():
+            listed = ", ".join(f"{db_label(d)} {n}" for d, n in other.items())
+            self.warn(
+                f"FLUSHALL {'would delete' if self.check_mode else 'deletes'} every database of {name}, not only "
+                f"database {db} that the URL names: also {sum(other.values())} keys in other databases ({listed}). "
+                f"To delete database {db} alone, use mode: db with db: {db}"
+            )
 
     def _keys_after(self, node: NodeState) -> dict[int, int]:
         if not self.check_mode:
@@ -691,6 +787,11 @@ class RedisFlusher:
             "commands": self.commands,
             "seconds": self.timer.total,
         }
+        if self.mode == "all":
+            beyond = self.beyond()
+            out["db"] = self.conn.db
+            out["beyond_db"] = {name: by_label(other) for name, other in beyond.items()}
+            out["beyond_db_keys"] = sum(sum(other.values()) for other in beyond.values())
         if self.mode in ("db", "pattern"):
             out["db"] = self.conn.db
         if self.mode == "pattern":

@@ -22,6 +22,8 @@ description:
   - Optionally writes the instance DID document (C(did:web:<hostname of hub_url>)) and a user DID
     document (C(did:web:<host>:users:<id>) with a C(Profile) service) for the key, with stable
     formatting so a rerun reports no change.
+  - A kept key file that its group or other users may read is set to O(mode) (0600 by default) and a warning
+    says that the key may already have been read and should be rotated.
   - Results and diffs carry the public key and its SHA-256 fingerprint, never private key material.
 author:
   - ThreadRing Ring Hub maintainers (@threadring)
@@ -273,6 +275,15 @@ fingerprint:
     - Null in check mode when a new key would be generated.
   returned: always
   type: str
+key_file_exposed:
+  description:
+    - When the key file that is kept could be read by its group or all other users, its mode before the run
+      (C(mode)), who could read it (C(readable_by)) and the mode it is set to (C(tightened_to), null when the
+      O(mode) option keeps it readable). A warning says the key may already have been read and should be
+      rotated (O(regenerate=always)). Null when only its owner may read it.
+  returned: always
+  type: dict
+  sample: {mode: "0644", readable_by: its group and all other users, tightened_to: "0600"}
 key_source:
   description: Where the key came from, one of V(file), V(content), V(env_file), V(generated).
   returned: always

@@ -18,6 +18,10 @@ description:
   - Before anything is deleted, every command the flush needs is checked on every node inside
     C(MULTI)/C(DISCARD). A C(FLUSHALL) that is renamed or disabled (C(rename-command)) or denied
     by an ACL fails the task with a message that says so and points to O(mode=pattern).
+  - A database number (in O(redis_url) or O(db)) that the server does not have is refused, naming the
+    server's C(databases) setting, before anything is deleted, in every mode.
+  - With O(mode=all), the keys that C(FLUSHALL) deletes in databases other than the one the connection
+    names are reported (RV(beyond_db)) and warned about, in check mode too.
   - A Redis Cluster is detected automatically (see O(cluster_mode)); every primary is flushed
     or scanned, replicas are never connected to or written to.
 author:
@@ -172,9 +176,25 @@ patterns:
   type: list
   elements: str
 db:
-  description: The database flushed or scanned.
-  returned: when mode is db or pattern
+  description:
+    - The database flushed or scanned; with O(mode=all), the database the connection names (C(FLUSHALL) empties
+      every database all the same).
+  returned: always
   type: int
+beyond_db:
+  description:
+    - With O(mode=all), the keys per node and database that C(FLUSHALL) deletes (in check mode, would delete) in
+      the databases other than RV(db). A warning names them too; O(mode=db) deletes database RV(db) alone.
+  returned: when mode is all
+  type: dict
+  sample: {"127.0.0.1:6379": {"db1": 3}}
+  version_added: 0.2.0
+beyond_db_keys:
+  description: With O(mode=all), the number of keys in RV(beyond_db).
+  returned: when mode is all
+  type: int
+  sample: 3
+  version_added: 0.2.0
 asynchronous:
   description: Whether the asynchronous commands were used on every node.
   returned: always

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -503,3 +504,90 @@ def test_env_keep_mode_keeps_a_readable_env_file_and_says_so(tmp_path: Path) -> 
     assert not again.changed and stat.S_IMODE(env.stat().st_mode) == 0o644
     assert any("others may read it" in w for w in again.result["warnings"])  # every run says it
     assert_no_key_material(res, (tmp_path / "k.pem").read_bytes())
+
+
+def test_a_kept_key_file_others_may_read_is_tightened_and_the_warning_says_rotate_it(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    pem = genpkey(key, "-algorithm", "ED25519")
+    key.chmod(0o644)
+    before = sha256(key)
+    check = run_module("did_keys", {"path": str(key)}, check=True)
+    assert check.changed and not check.failed, check.msg
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644  # check mode changes nothing
+    exposed = {"mode": "0644", "readable_by": "its group and all other users", "tightened_to": "0600"}
+    assert check.result["key_file_exposed"] == exposed
+    warning = (
+        f"key file {key} can be read by its group and all other users (mode 0644): it is set to 0600, but the "
+        "private key may already have been read by someone else; rotate it (regenerate=always writes a new key, "
+        "its env value and the DID documents)"
+    )
+    assert check.result["warnings"] == [warning]
+    res = run_module("did_keys", {"path": str(key)})
+    assert res.changed and res.result["changes"]["key_file"] == "attributes" and res.result["warnings"] == [warning]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and sha256(key) == before  # tightened, the same key
+    assert f"[WARNING]: key file {key} can be read by" in res.output
+    again = run_module("did_keys", {"path": str(key)})
+    assert not again.changed and again.result["key_file_exposed"] is None and not again.result.get("warnings")
+    # A mode the task asks for that leaves the key readable: said as well, and not changed.
+    key.chmod(0o640)
+    kept = run_module("did_keys", {"path": str(key), "mode": "0640"})
+    assert kept.result["key_file_exposed"] == {"mode": "0640", "readable_by": "its group", "tightened_to": None}
+    assert "the mode option keeps it so" in kept.result["warnings"][0]
+    assert_no_key_material(res, pem)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """A directory the module cannot write in, root included (a read-only bind mount as root, else mode 0500)."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+        return
+    path.chmod(0o500)
+    try:
+        yield
+    finally:
+        path.chmod(0o700)
+
+
+def test_a_file_that_must_be_written_but_cannot_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """The env file needs the key but its directory takes no file: refused in check mode (the reset's
+    preflight) and in a real run, before the key file or a DID document is written."""
+    keys, deploy, web = tmp_path / "keys", tmp_path / "deploy", tmp_path / "web"
+    for directory in (keys, deploy, web):
+        directory.mkdir()
+    env = deploy / ".env"
+    env.write_text("NODE_ENV=production\n")
+    env.chmod(0o600)
+    args = {
+        "path": str(keys / "k.pem"),
+        "env_file": str(env),
+        "hub_url": HUB_URL,
+        "instance_document": str(web / ".well-known" / "did.json"),
+    }
+    why = "it is on a read-only file system" if os.geteuid() == 0 else "the user running the module may not write there"
+    with read_only(deploy):
+        for check in (True, False):
+            res = run_module("did_keys", args, check=check)
+            assert res.failed and res.result.get("nothing_changed") is True
+            assert res.msg == (
+                f"env file {env} must be written but cannot be: {why} (directory {deploy}); make it writable (or fix "
+                "the file by hand) and run again; nothing was changed"
+            )
+    assert env.read_text() == "NODE_ENV=production\n"
+    assert list(keys.iterdir()) == [] and list(web.iterdir()) == []
+    with read_only(web):
+        res = run_module("did_keys", args, check=True)
+        assert res.failed and res.msg.startswith(f"instance DID document {web}/.well-known/did.json must be written")
+    assert list(keys.iterdir()) == [] and env.read_text() == "NODE_ENV=production\n"
+    done = run_module("did_keys", args)
+    assert done.changed and not done.failed, done.msg
+    assert done.result["changes"] == {
+        "key_file": "created",
+        "env_file": "set",
+        "instance_document": "created",
+    }

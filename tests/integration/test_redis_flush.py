@@ -486,3 +486,58 @@ def test_cluster_options_are_checked(redis_cluster_replicas, redis_server) -> No
     result = ok(run_module("redis_flush", args, check=True))
     assert result["cluster"] is True and len(result["nodes"]) == 3 and result["deleted"] == 330
     assert redis_cluster_replicas.dbsize() == 330
+
+
+# -- a database the server does not have, and what FLUSHALL takes beyond the URL's database ----------
+
+
+@pytest.mark.parametrize("mode", ["all", "db", "pattern"])
+def test_a_database_the_server_does_not_have_is_refused_in_every_mode(redis_server, mode: str) -> None:
+    """redis://.../99 on a server with 16 databases: the hub could not use it either, and FLUSHALL
+    would empty every database. Refused, naming the number and the server's setting."""
+    fill(redis_server)
+    args: dict[str, Any] = {"redis_url": redis_server.url(db=99), "mode": mode}
+    if mode == "pattern":
+        args["patterns"] = ["*"]
+    for check in (True, False):
+        res = run_module("redis_flush", args, check=check)
+        assert res.failed and res.result.get("nothing_changed") is True, res.output
+        assert res.msg == (
+            f"redis_url names Redis database 99, which the server at redis://127.0.0.1:{redis_server.port} does "
+            "not have: its 'databases' setting is 16 (databases 0 to 15). Correct the database number at the end "
+            "of REDIS_URL (redis://host:port/N, the database the hub uses); nothing was changed"
+        )
+    assert state(redis_server) == {db: set(keys) for db, keys in DATA.items()}
+
+
+def test_the_databases_setting_is_found_without_config(redis_acl_server) -> None:
+    """A user without @dangerous (no CONFIG, no INFO) still learns the server's number of databases."""
+    server = redis_acl_server
+    fill(server)
+    user, (password, _rules) = "app", ACL_USERS["app"]
+    url = f"redis://{user}:{quote(password, safe='')}@127.0.0.1:{server.port}/40"
+    res = run_module("redis_flush", {"redis_url": url, "mode": "pattern", "patterns": ["ratelimit:*"]})
+    assert res.failed and "its 'databases' setting is 16 (databases 0 to 15)" in res.msg, res.msg
+    assert "names Redis database 40" in res.msg and password not in res.output
+    res = run_module("redis_flush", {"redis_url": server.url(), "db": 16, "mode": "db"})
+    assert res.failed and res.msg.startswith("db names Redis database 16") and "Correct the db option" in res.msg
+    assert server.dbsizes() == {0: 7, 1: 2, 2: 3}
+
+
+def test_flushall_reports_and_warns_what_it_takes_beyond_the_urls_database(redis_server) -> None:
+    fill(redis_server)
+    node = f"127.0.0.1:{redis_server.port}"
+    check = ok(run_module("redis_flush", {"redis_url": redis_server.url(db=1), "mode": "all"}, check=True))
+    assert check["db"] == 1 and check["beyond_db"] == {node: {"db0": 7, "db2": 3}} and check["beyond_db_keys"] == 10
+    assert check["warnings"] == [
+        f"FLUSHALL would delete every database of {node}, not only database 1 that the URL names: also 10 keys in "
+        "other databases (db0 7, db2 3). To delete database 1 alone, use mode: db with db: 1"
+    ]
+    assert redis_server.dbsizes() == {0: 7, 1: 2, 2: 3}
+    done = ok(run_module("redis_flush", {"redis_url": redis_server.url(db=1), "mode": "all"}))
+    assert done["beyond_db_keys"] == 10 and done["deleted"] == 12 and "FLUSHALL deletes every" in done["warnings"][0]
+    assert redis_server.dbsizes() == {}
+    # Only the URL's own database holds keys: nothing to warn about.
+    redis_server.fill(["a", "b"], db=0)
+    quiet = ok(run_module("redis_flush", {"redis_url": redis_server.url(), "mode": "all"}, check=True))
+    assert quiet["beyond_db"] == {} and quiet["beyond_db_keys"] == 0 and not quiet.get("warnings")
