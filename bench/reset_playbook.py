@@ -4,6 +4,7 @@
     .venv/bin/python bench/reset_playbook.py --rows 100000   # one size
     .venv/bin/python bench/reset_playbook.py --quick         # 20,000 rows, one repetition
     .venv/bin/python bench/reset_playbook.py --compare DIR   # also another checkout's playbook (before/after)
+    .venv/bin/python bench/reset_playbook.py --backup-jobs 2 # also the directory-format backup, 2 jobs
 
 A deployment (tests/harness/deployment.py: PostgreSQL, Redis, key, .env, one sandbox hub) is
 brought up once. For each size, alternately, --repeat times each:
@@ -20,8 +21,14 @@ brought up once. For each size, alternately, --repeat times each:
   ansible.cfg and collection link; this checkout's venv), to measure a change against the code
   before it in the same runs.
 
-Before every run the database gets ``--rows`` rows (in "AuditLog", whose content and indexes
-look like the hub's) and Redis ``--rows`` keys. Reported per size: median wall seconds of each,
+The deployment's schema is the hub's real migrations when present (bench/datagen.py,
+``migrations_source``), else the fixture schema; the reset applies the same migrations. Before
+every run the database holds ``--rows`` rows over the hub's tables (memberships, badges, post refs,
+audit rows: bench/datagen.py, generated once per size, then copied back from a template database)
+and Redis ``--rows`` keys (``redis-cli --pipe``); the playbook runs with
+``ringhub_verify_after_reset=false``. With ``--backup-jobs N`` the current checkout also runs with
+``ringhub_backup_format=directory ringhub_backup_jobs=N``; ``--compare`` is repeatable.
+Reported per size: median wall seconds of each,
 their ratio, the fixed overhead (the playbook's seconds minus its modules' own database and Redis
 seconds, as the modules report them), and where the playbook's time goes: per group of tasks
 (Ansible's own start, each module round trip, the controller-side tasks of each role) and per
@@ -36,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +55,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+sys.path.insert(0, str(REPO / "bench"))
+
+from datagen import HubData, migrations_source
+
 from harness import deployment as deployment_mod
 from harness.ansible import ensure_collection_link
 
@@ -57,6 +69,7 @@ PHRASES = {
     "ringhub_confirm_3": "RESET PRODUCTION NOW",
     "ringhub_confirm_target": "ringhub",
     "ringhub_restart_backend": "none",
+    "ringhub_verify_after_reset": False,
 }
 ROLES = {
     "owner": [
@@ -135,39 +148,6 @@ ROUND_TRIPS = {
 }
 # Whose own seconds count as the work itself (database and Redis) in the fixed overhead.
 WORK_ACTIONS = ("threadring.ringhub.pg_schema_reset", "threadring.ringhub.redis_flush")
-
-
-def fill(dep: Any, rows: int) -> None:
-    """``rows`` rows in "AuditLog" (plus the root ring already there) and ``rows`` Redis keys."""
-    conn = dep.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute('SELECT id FROM "Ring" WHERE slug = %s', ("spool",))
-            ring_id = cur.fetchone()[0]
-            cur.execute(
-                'INSERT INTO "AuditLog" (id, "ringId", action, "actorDid", "targetDid", metadata) '
-                "SELECT md5(g::text) || '-' || g, %s, 'member.joined', "
-                "'did:web:member' || (g %% 5000) || '.example.test:users:' || g, NULL, "
-                "jsonb_build_object('n', g, 'note', repeat('x', 20 + g %% 40)) FROM generate_series(1, %s) g",
-                (ring_id, rows),
-            )
-            cur.execute('ANALYZE "AuditLog"')
-    finally:
-        conn.close()
-    client = dep.redis_client()
-    try:
-        client.flushall()
-        try:
-            client.execute_command("DEBUG", "POPULATE", rows, "cache", 64)
-        except Exception:  # DEBUG disabled: pipelined SETs
-            pipe = client.pipeline(transaction=False)
-            for i in range(rows):
-                pipe.set(f"cache:{i}", "x" * 64)
-                if i % 10000 == 9999:
-                    pipe.execute()
-            pipe.execute()
-    finally:
-        client.close()
 
 
 def baseline_script(dep: Any, workdir: Path) -> Path:
@@ -276,10 +256,15 @@ def run_playbook(dep: Any, workdir: Path, extra: dict[str, Any], checkout: Path 
     )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"the playbook failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}")
+        raise RuntimeError(
+            f"the playbook of {checkout} failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+        )
     record = json.loads(dep.paths["audit_log"].read_text().splitlines()[-1])
     for backup in dep.paths["backup_dir"].iterdir():
-        backup.unlink()
+        if backup.is_dir():
+            shutil.rmtree(backup)
+        else:
+            backup.unlink()
     tasks = json.loads(timing.read_text())["tasks"]
     work = sum(own or 0.0 for _name, action, _s, own, _role in tasks if action in WORK_ACTIONS)
     return {
@@ -314,10 +299,34 @@ def where_the_time_goes(runs: list[dict[str, Any]], top: int = 12) -> list[dict[
     return out
 
 
+# Actions that run on the controller only (no module process on the host).
+CONTROLLER_ACTIONS = {
+    f"ansible.builtin.{name}"
+    for name in (
+        "set_fact",
+        "debug",
+        "assert",
+        "fail",
+        "include_role",
+        "import_role",
+        "include_tasks",
+        "import_tasks",
+        "meta",
+        "pause",
+        "validate_argument_spec",
+        "include_vars",
+        "add_host",
+        "group_by",
+    )
+} | {"set_fact", "debug", "assert", "fail", "include_role", "include_tasks", "meta", "pause", "validate_argument_spec"}
+
+
 def _group(action: str, role: str) -> str:
     role = role or "playbook"
     if action in ROUND_TRIPS:
         return f"{ROUND_TRIPS[action]} round trips ({role})"
+    if action not in CONTROLLER_ACTIONS:
+        return f"other module round trips ({role}: {action.rsplit('.', 1)[-1]})"
     return f"controller-side tasks: {role}"
 
 
@@ -346,6 +355,23 @@ def time_by_group(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def round_trips(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per module round trip: the task's wall seconds, the module's own (reported) seconds and the rest,
+    which is what running a module costs (Ansible's task, the module process, its imports and arguments)."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        for _name, action, seconds, own, role in run["tasks"]:
+            if action not in CONTROLLER_ACTIONS:
+                per.setdefault(f"{role}: {action.rsplit('.', 1)[1]}", []).append((seconds, own or 0.0))
+    rows = []
+    for key, values in per.items():
+        task = statistics.median(v[0] for v in values)
+        own = statistics.median(v[1] for v in values)
+        rows.append({"round trip": key, "task s": round(task, 3), "module's own s": round(own, 3),
+                     "cost of the round trip s": round(task - own, 3)})  # fmt: skip
+    return rows
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of one variant's runs."""
     phases = {k: round(statistics.median(r["phases"].get(k, 0.0) for r in runs), 3) for k in runs[0]["phases"]}
@@ -356,6 +382,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "module_phases_s": phases,
         "redis_flush_s": round(statistics.median(r["redis_seconds"] for r in runs), 3),
         "groups": time_by_group(runs),
+        "round_trips": round_trips(runs),
         "tasks": where_the_time_goes(runs),
         "all_playbook_s": [round(r["seconds"], 3) for r in runs],
     }
@@ -373,28 +400,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, action="append", help="rows and keys (repeatable; default 100000, 1000000)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, one repetition")
-    parser.add_argument("--compare", metavar="DIR", help="another checkout whose playbook runs alternately too")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        action="append",
+        help="another checkout whose playbook runs alternately too (repeatable; named after its directory)",
+    )
+    parser.add_argument(
+        "--backup-jobs",
+        type=int,
+        action="append",
+        metavar="N",
+        help="also the playbook with ringhub_backup_format=directory and ringhub_backup_jobs=N (repeatable)",
+    )
     parser.add_argument("--output", help="JSON results file")
     opts = parser.parse_args(argv)
     sizes = [20_000] if opts.quick else (opts.rows or [100_000, 1_000_000])
     repeat = 1 if opts.quick else opts.repeat
     ensure_collection_link()
-    variants = {"playbook": REPO}
-    if opts.compare:
-        other = Path(opts.compare).resolve()
+    variants: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for given in opts.compare or []:
+        other = Path(given).resolve()
         if not (other / "playbooks" / "reset.yml").is_file():
             parser.error(f"--compare {other}: no playbooks/reset.yml there")
         link_checkout(other)
-        variants = {"compared": other, "playbook": REPO}
+        variants["compared" if len(opts.compare) == 1 else f"compared {other.name}"] = (other, {})
+    variants["playbook"] = (REPO, {})
+    for jobs in opts.backup_jobs or []:
+        variants[f"directory -j{jobs}"] = (REPO, {"ringhub_backup_format": "directory", "ringhub_backup_jobs": jobs})
     workdir = Path(tempfile.mkdtemp(prefix="ringhub-bench-reset-"))
     os.chmod(workdir, 0o711)
     (workdir / "bench_timing.py").write_text(TIMING_CALLBACK)
     directory = workdir / "deployment"
-    dep = deployment_mod.up(directory, hubs=1)
+    migrations = migrations_source()
+    dep = deployment_mod.up(directory, hubs=1, migrations=migrations)
+    data = HubData(dep)
     results: dict[str, Any] = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
-        "checkouts": {name: str(path) for name, path in variants.items()},
+        "checkouts": {name: str(path) for name, (path, _extra) in variants.items()},
+        "migrations": str(migrations),
+        "variants": {name: extra for name, (_path, extra) in variants.items()},
         "sizes": [],
     }
     try:
@@ -402,17 +448,22 @@ def main(argv: list[str] | None = None) -> int:
         for rows in sizes:
             script_s: list[float] = []
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+            fills: list[dict[str, float]] = []
             for _run in range(repeat):
-                fill(dep, rows)
+                fills.append(data.fill(rows))
                 script_s.append(run_script(script))
-                for name, checkout in variants.items():
-                    fill(dep, rows)
-                    runs[name].append(run_playbook(dep, workdir, {}, checkout))
+                for name, (checkout, extra) in variants.items():
+                    fills.append(data.fill(rows))
+                    runs[name].append(run_playbook(dep, workdir, extra, checkout))
+                print(f"  {rows} rows: run {_run + 1} of {repeat} done", file=sys.stderr, flush=True)
             script_median = statistics.median(script_s)
             entry: dict[str, Any] = {
                 "rows": rows,
                 "script_s": round(script_median, 3),
                 "all_script_s": [round(s, 3) for s in script_s],
+                "data": data.generated[rows],
+                "fills": fills,
+                "load_after": os.getloadavg(),
             }
             for name, variant_runs in runs.items():
                 summary = summarize(variant_runs)
@@ -427,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     [
                         {
                             "run": "script" if name is None else name,
-                            "checkout": "" if name is None else str(variants[name]),
+                            "checkout": "" if name is None else _describe(variants[name]),
                             "seconds": entry["script_s"] if name is None else entry[name]["playbook_s"],
                             "/ script": 1.0 if name is None else entry[name]["ratio"],
                             "modules' database + Redis s": "" if name is None else entry[name]["work_s"],
@@ -440,13 +491,19 @@ def main(argv: list[str] | None = None) -> int:
             phases = entry["playbook"]["module_phases_s"]
             print("\npg_schema_reset's own phases: " + ", ".join(f"{k} {v} s" for k, v in phases.items()))
             for name in variants:
-                print(f"\nWhere the time goes, {name} ({variants[name]}), per group of tasks:\n")
+                print(f"\nWhere the time goes, {name} ({_describe(variants[name])}), per group of tasks:\n")
                 print(table(entry[name]["groups"]))
+            for name in variants:
+                print(f"\nModule round trips, {name}:\n")
+                print(table(entry[name]["round_trips"]))
             print("\nThe slowest tasks of the current checkout:\n")
             print(table(entry["playbook"]["tasks"]))
             sys.stdout.flush()
     finally:
-        dep.down()
+        try:
+            data.close()
+        finally:
+            dep.down()
         for leftover in workdir.iterdir():
             if leftover.is_file():
                 leftover.unlink()
@@ -457,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out}")
     return 0
+
+
+def _describe(variant: tuple[Path, dict[str, Any]]) -> str:
+    path, extra = variant
+    return str(path) + "".join(f" {k}={v}" for k, v in extra.items())
 
 
 def _stamp() -> str:

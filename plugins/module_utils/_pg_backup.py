@@ -8,6 +8,13 @@ older than the server; ``check_backup_dir()`` creates and removes a probe file
 --format=custom`` of the whole database into a new 0600 file (optionally in an
 exported snapshot), reads it back with ``pg_restore --list`` and requires the
 data of every table of the schema in it. A failed backup leaves no file.
+
+``fmt="directory"`` makes a directory-format dump instead (``pg_dump --format=directory
+--jobs=N``: one file per table, written by N parallel connections in the same snapshot)
+into a new 0700 directory ``<name>.dir`` whose files are 0600, verified the same way.
+``backup_sha256()`` is the SHA-256 of a file, or for a directory the SHA-256 of its
+manifest: one ``<sha256 of the file>  <name>`` line per file, names in byte order,
+as ``cd DIR && LC_ALL=C sha256sum $(LC_ALL=C ls) | sha256sum`` prints it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -132,12 +140,19 @@ def _client_env(spec: ConnSpec, application_name: str) -> dict[str, str]:
 
 
 def run_polled(
-    cmd: list[str], env: dict[str, str], tick: Callable[[], None] | None = None, interval: float = PROGRESS_INTERVAL
+    cmd: list[str],
+    env: dict[str, str],
+    tick: Callable[[], None] | None = None,
+    interval: float = PROGRESS_INTERVAL,
+    during: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``, calling ``tick()`` every
-    ``interval`` seconds while the process runs (no polling without ``tick``)."""
+    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``, calling ``during()`` once as soon
+    as the process runs (work that overlaps it) and ``tick()`` every ``interval`` seconds while it runs
+    (no polling without ``tick``). An exception of either kills the process."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:
+            if during is not None:
+                during()
             while True:
                 try:
                     stdout, stderr = proc.communicate(timeout=interval if tick else None)
@@ -158,6 +173,97 @@ def _file_size(path: str) -> int:
         return 0
 
 
+BACKUP_FORMATS = ("custom", "directory")
+DIRECTORY_SUFFIX = ".dir"
+
+
+def file_sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def directory_files(path: str) -> list[str]:
+    """The names of the files of a directory-format backup, in byte order; anything but regular files refused."""
+    names = sorted(os.listdir(path), key=os.fsencode)
+    for name in names:
+        st = os.lstat(os.path.join(path, name))
+        if not stat.S_ISREG(st.st_mode):
+            raise RingHubError(f"backup directory {path} holds {name!r}, which is not a regular file", path=path)
+    if "toc.dat" not in names:
+        raise RingHubError(f"backup directory {path} has no toc.dat: it is not a pg_dump directory-format backup")
+    return names
+
+
+def backup_sha256(path: str) -> str:
+    """SHA-256 of a backup file, or of a directory backup's manifest (see the module's docstring)."""
+    if not os.path.isdir(path):
+        return file_sha256(path)
+    manifest = "".join(f"{file_sha256(os.path.join(path, name))}  {name}\n" for name in directory_files(path))
+    return hashlib.sha256(manifest.encode()).hexdigest()
+
+
+def backup_size(path: str) -> int:
+    """Bytes of a backup file, or the sum of a directory backup's files."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def _tree_size(path: str) -> int:
+    if not os.path.isdir(path):
+        return _file_size(path)
+    try:
+        return sum(_file_size(os.path.join(path, name)) for name in os.listdir(path))
+    except OSError:
+        return 0
+
+
+def _remove_backup(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_backup(path: str) -> None:
+    """Flush the backup (a file, or a directory's files and the directory itself) to disk."""
+    names = [os.path.join(path, n) for n in os.listdir(path)] + [path] if os.path.isdir(path) else [path]
+    for name in names:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _create_target(backup_dir: str, base: str, fmt: str) -> str:
+    """A new, empty backup file (0600) or directory (0700): never an existing one."""
+    suffix = DIRECTORY_SUFFIX if fmt == "directory" else ".dump"
+    path = os.path.join(backup_dir, base + suffix)
+    n = 1
+    while True:
+        try:
+            if fmt == "directory":
+                os.mkdir(path, 0o700)
+                os.chmod(path, 0o700)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.close(fd)
+                os.chmod(path, 0o600)
+            return path
+        except FileExistsError:
+            n += 1
+            path = os.path.join(backup_dir, f"{base}-{n}{suffix}")
+        except OSError as exc:
+            raise RingHubError(f"cannot create backup {path}: {exc.strerror}", path=path) from None
+
+
 def make_backup(
     spec: ConnSpec,
     tools: Tools,
@@ -168,44 +274,45 @@ def make_backup(
     progress: Progress | None = None,
     application_name: str = "threadring.ringhub.backup",
     exclude_schemas: list[str] | None = None,
+    fmt: str = "custom",
+    jobs: int = 1,
+    during: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """``pg_dump -Fc`` of the whole database, mode 0600, read back with ``pg_restore --list``.
+
+    ``fmt="directory"``: ``pg_dump -Fd --jobs=<jobs>`` into a new 0700 directory (its files 0600).
+    ``during()`` runs once while ``pg_dump`` runs (for example the row counts of the snapshot, on the
+    connection that exported it, which is idle meanwhile); if it fails, the dump is stopped and removed.
 
     With ``snapshot`` (from ``pg_export_snapshot()``) the dump sees exactly that snapshot.
     ``exclude_schemas`` (the kept schemas of the undo window, which no role but a superuser
     may read) are left out of it.
     With an enabled ``progress`` the running pg_dump is polled and the file's size reported.
     """
+    if fmt not in BACKUP_FORMATS:
+        raise RingHubError(f"backup_format {fmt!r} is not one of {', '.join(BACKUP_FORMATS)}")
+    if jobs < 1 or (jobs > 1 and fmt != "directory"):
+        raise RingHubError(f"backup_jobs {jobs}: more than one job needs backup_format directory")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = f"{_safe_name(spec.dbname or 'db')}-{_safe_name(schema)}-{stamp}"
-    path = os.path.join(backup_dir, base + ".dump")
-    suffix = 1
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except FileExistsError:
-            suffix += 1
-            path = os.path.join(backup_dir, f"{base}-{suffix}.dump")
-        except OSError as exc:
-            raise RingHubError(f"cannot create backup file {path}: {exc.strerror}", path=path) from None
-    os.close(fd)
-    os.chmod(path, 0o600)
+    path = _create_target(backup_dir, base, fmt)
     env = _client_env(spec, application_name)
     tick = None
     if progress is not None and progress.enabled:
         progress.dump_started(path)
 
         def tick() -> None:
-            progress.dump_size(_file_size(path))
+            progress.dump_size(_tree_size(path))
 
     try:
         proc = run_polled(
-            [tools.pg_dump, "--format=custom", "--no-password", "--file", path]
+            [tools.pg_dump, f"--format={fmt}", "--no-password", "--file", path]
+            + ([f"--jobs={jobs}"] if jobs > 1 else [])
             + ([f"--snapshot={snapshot}"] if snapshot else [])
             + [f"--exclude-schema={quote_pattern(name)}" for name in exclude_schemas or []],
             env,
             tick,
+            during=during,
         )
         if proc.returncode != 0:
             raise RingHubError(
@@ -213,13 +320,12 @@ def make_backup(
                 + spec.redact(proc.stderr.strip()[-2000:]),
                 pg_dump=tools.pg_dump,
             )
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if fmt == "directory":
+            for name in directory_files(path):
+                os.chmod(os.path.join(path, name), 0o600)
+        _fsync_backup(path)
         if progress is not None and progress.enabled:
-            progress.dump_size(_file_size(path))
+            progress.dump_size(_tree_size(path))
             progress.phase("verify_backup")
         listing = subprocess.run(
             [tools.pg_restore, "--list", path], capture_output=True, text=True, env=env, check=False
@@ -237,26 +343,24 @@ def make_backup(
                 f"the backup {path} lists no data for tables {missing} of schema {schema!r}",
                 path=path,
             )
+        digest = backup_sha256(path)
     except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _remove_backup(path)
         raise
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return {
+    info = {
         "path": path,
-        "size": os.path.getsize(path),
-        "sha256": sha.hexdigest(),
+        "format": fmt,
+        "size": backup_size(path),
+        "sha256": digest,
         "toc_entries": len(entries),
-        "mode": "0600",
+        "mode": "0700" if fmt == "directory" else "0600",
         "pg_dump": tools.pg_dump,
         "pg_dump_version": tools.pg_dump_version,
         "excluded_schemas": list(exclude_schemas or []),
     }
+    if fmt == "directory":
+        info.update(jobs=jobs, files=len(os.listdir(path)), file_mode="0600")
+    return info
 
 
 def quote_pattern(name: str) -> str:

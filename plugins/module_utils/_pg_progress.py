@@ -8,6 +8,7 @@ runs, replaces a small JSON file (same-directory temp file, mode 0600, rename).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -51,6 +52,9 @@ class Progress:
         self.dump_begun: float | None = None
         self.writes = 0
         self.warning: str | None = None
+        # What the file held before this run replaced it (an earlier run's last report), and its text.
+        self.previous: dict[str, Any] | None = None
+        self._previous_text: str | None = None
         self.data: dict[str, Any] = {
             "phase": "validate",
             "started": _iso_now(),
@@ -74,8 +78,38 @@ class Progress:
         return bool(self.path)
 
     def start(self) -> None:
-        """The first write (phase ``validate``): a path that cannot be written fails before anything else."""
+        """The first write (phase ``validate``): a path that cannot be written fails before anything else.
+
+        The file's earlier content (the last report of an earlier run) is kept in ``previous``.
+        """
+        if self.path:
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    self._previous_text = fh.read()
+                loaded = json.loads(self._previous_text)
+                self.previous = loaded if isinstance(loaded, dict) else None
+            except (OSError, ValueError):
+                self.previous = None
         self._write(strict=True)
+
+    def restore_previous(self) -> None:
+        """Put the earlier run's report back (this run was refused before it owned the file); never raises."""
+        if not self.path or self._previous_text is None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self._previous_text)
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError:
+            pass
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def set(self, **fields: Any) -> None:
         """Change fields without writing (they go out with the next write)."""

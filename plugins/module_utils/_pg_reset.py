@@ -37,6 +37,7 @@ from typing import Any
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
     NothingChanged,
     Outcome,
+    OutcomeUnknown,
     PhaseTimer,
     RingHubError,
     nothing_changed_on_failure,
@@ -53,9 +54,11 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
     psycopg2,
     rollback_quietly,
     spec_from_params,
+    sql,
     where,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import (
+    BACKUP_FORMATS,
     Tools,
     check_backup_dir,
     find_tools,
@@ -90,7 +93,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg_migrations 
     load_sql_files,
     prepare_migrations,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import Progress
+from ansible_collections.threadring.ringhub.plugins.module_utils._pg_progress import PROGRESS_PHASES, Progress
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_transaction import ResetTransaction
 from ansible_collections.threadring.ringhub.plugins.module_utils._ring_seed import (
     RingSeeder,
@@ -114,6 +117,8 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         expected_environment=dict(type="str"),
         backup=dict(type="bool", default=True),
         backup_dir=dict(type="path"),
+        backup_format=dict(type="str", choices=list(BACKUP_FORMATS), default="custom"),
+        backup_jobs=dict(type="int", default=1),
         pg_dump_path=dict(type="path"),
         pg_restore_path=dict(type="path"),
         terminate_sessions=dict(type="bool", default=True),
@@ -145,6 +150,8 @@ class ResetOptions:
     expected_environment: str | None = None
     backup: bool = True
     backup_dir: str | None = None
+    backup_format: str = "custom"
+    backup_jobs: int = 1
     pg_dump_path: str | None = None
     pg_restore_path: str | None = None
     terminate_sessions: bool = True
@@ -165,7 +172,8 @@ class ResetOptions:
     @classmethod
     def from_params(cls, params: dict[str, Any], schema: str, check_mode: bool) -> ResetOptions:
         """From the module's parameters (shaped by ``argument_spec()``) and the connection's schema."""
-        names = ("expected_environment", "backup", "backup_dir", "pg_dump_path", "pg_restore_path",
+        names = ("expected_environment", "backup", "backup_dir", "backup_format", "backup_jobs", "pg_dump_path",
+                 "pg_restore_path",
                  "terminate_sessions", "lock_timeout", "allow_outside_drops", "migrations_role", "keep_previous",
                  "keep_previous_for", "restore_drill")  # fmt: skip
         ring = params.get("root_ring")
@@ -205,6 +213,8 @@ def reset_schema(params: dict[str, Any], check_mode: bool) -> Outcome:
         reset = SchemaReset(spec, options, migrations, timer, progress)
         result = reset.run()
     except RingHubError as exc:
+        if reset is not None:
+            reset.add_failure_context(exc)
         if spec is not None:
             exc.msg = spec.redact(exc.msg)
             exc.add_context(
@@ -214,7 +224,11 @@ def reset_schema(params: dict[str, Any], check_mode: bool) -> Outcome:
             )
         else:
             exc.add_context(seconds=dict(timer.seconds))
-        progress.fail(exc.operator_message)
+        if "lock_key" in exc.details and reset is not None and not reset.locked:
+            # Refused at the lock: the file is the report of the run that holds it; put it back.
+            progress.restore_previous()
+        else:
+            progress.fail(exc.operator_message)
         raise
     except Exception as exc:
         progress.fail(f"unexpected error: {spec.redact(str(exc)) if spec else type(exc).__name__}")
@@ -256,6 +270,8 @@ class SchemaReset:
         self.schema_size = 0
         self.kept_existing: list[str] = []
         self.server_time: datetime.datetime | None = None
+        self.backup_info: dict[str, Any] | None = None
+        self.previous_run: dict[str, Any] | None = None
 
     # -- validation --------------------------------------------------------------
     def validate_options(self) -> None:
@@ -272,6 +288,11 @@ class SchemaReset:
             raise NothingChanged("backup_dir is required unless backup is false")
         if opts.restore_drill and not opts.backup:
             raise NothingChanged("restore_drill restores the backup: it needs backup: true")
+        if not 1 <= opts.backup_jobs <= 64 or (opts.backup_jobs > 1 and opts.backup_format != "directory"):
+            raise NothingChanged(
+                f"backup_jobs {opts.backup_jobs} must be 1 to 64, and more than 1 only with backup_format directory",
+                option="backup_jobs",
+            )
         try:
             parse_retention(opts.keep_previous_for)
         except RingHubError as exc:
@@ -488,6 +509,10 @@ class SchemaReset:
             self.take_lock()
         with self._phase("preflight"):
             self.preflight()
+            self.previous_run = self.read_previous_run()
+            if self.previous_run is not None:
+                result["previous_run"] = self.previous_run
+                self.warnings.append(self.previous_run["message"])
             state = self.state
             progress.set(database=state.database, database_size=state.database_size)
             tools = None
@@ -526,12 +551,20 @@ class SchemaReset:
         if opts.backup and tools is not None:
             with self._phase("backup"):
                 result["backup"], backup_rows = self.backup(tools)
+            self.backup_info = result["backup"]
             if opts.restore_drill:
                 with self._phase("restore_drill"):
                     result["backup"]["restore_drill"] = self.restore_drill(tools, result["backup"], backup_rows)
                 result["backup"]["restore_drill"]["seconds"] = self.timer.seconds["restore_drill"]
         else:
             result["backup"] = {"skipped": True}
+        if self.conn.closed:
+            # The backup's transaction ended on a broken connection (the server stopped or restarted, or the
+            # session was terminated, while pg_dump or pg_restore --list ran).
+            raise NothingChanged(
+                f"the connection to PostgreSQL ({where(self.spec)}) was lost after the backup, before the reset's "
+                "transaction began (the server stopped or restarted, or the session was terminated)"
+            )
         with self._phase("reset"):
             out = self.transaction()
         if backup_rows is not None:
@@ -594,6 +627,108 @@ class SchemaReset:
             "keep_for": self.opts.keep_previous_for,
         }
 
+    def read_previous_run(self) -> dict[str, Any] | None:
+        """What the progress file said before this run replaced it, when an earlier real run did not end.
+
+        Read under the reset lock, so the run that wrote it is not running any more. ``None`` when the
+        file held nothing, a check-mode run's report, or the report of a run that ended (``done`` and
+        ``failed`` are removed by the reset playbook once its audit line is written, so a ``done`` left
+        behind means that playbook stopped after the schema reset and before its audit line).
+        """
+        prev = self.progress.previous
+        if not prev or prev.get("check_mode") is not False or prev.get("phase") not in PROGRESS_PHASES:
+            return None
+        if (prev.get("database"), prev.get("schema")) != (self.state.database, self.opts.schema):
+            return None
+        phase = prev["phase"]
+        if phase == "failed":
+            return None  # that run reported its own failure
+        schema = "old"
+        applied_at = None
+        if phase in ("reset", "done"):
+            applied_at = self.migrations_applied_at()
+            started = parse_iso(prev.get("started"))
+            schema = "new" if applied_at is not None and started is not None and applied_at >= started else "old"
+        backup = prev.get("backup_path")
+        where = f"schema {self.opts.schema!r} of database {self.state.database!r}"
+        if phase == "done":
+            what = (
+                f"the previous reset of {where} (started {prev.get('started')}) completed its schema reset at "
+                f"{prev.get('updated')}, but its progress file was left in place: the playbooks/reset.yml run that "
+                "started it (which removes the file once its audit line is written) ended before that (it was killed "
+                "or its terminal closed), so its Redis flush, key step and restart may not have run"
+            )
+        else:
+            what = (
+                f"the previous reset of {where} (started {prev.get('started')}) stopped in phase {phase!r} at "
+                f"{prev.get('updated')} without reporting an end (its process was killed)"
+            )
+        state = (
+            f"the schema is the new one (its migrations were applied at {iso(applied_at)})"
+            if schema == "new"
+            else "the schema is the old one (that run's transaction never committed)"
+        )
+        complete = phase not in ("backup", "verify_backup") and backup
+        backup_text = (
+            f"its backup {backup}" + (" is complete" if complete else " may be incomplete (its pg_dump did not finish)")
+            if backup
+            else "it took no backup"
+        )
+        return {
+            "phase": phase,
+            "started": prev.get("started"),
+            "updated": prev.get("updated"),
+            "schema_state": schema,
+            "migrations_applied_at": iso(applied_at) if applied_at else None,
+            "backup_path": backup,
+            "backup_complete": bool(complete),
+            "message": f"{what}; {state}; {backup_text}. This run does the whole reset again.",
+        }
+
+    def migrations_applied_at(self) -> datetime.datetime | None:
+        """When the schema's migrations were applied (``_prisma_migrations``), None without that table."""
+        table = sql.Identifier(self.opts.schema, "_prisma_migrations")
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (table.as_string(cur),))
+            if cur.fetchone()[0] is None:
+                return None
+            cur.execute(sql.SQL("SELECT min(started_at) FROM {}").format(table))
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    def add_failure_context(self, exc: RingHubError) -> None:
+        """A failure after the backup names the backup and how to restore it (also when nothing changed)."""
+        backup = self.backup_info
+        if not backup or not backup.get("path") or "restore_hint" in exc.details:
+            return
+        spec = self.spec
+        path = backup["path"]
+        target = " ".join(
+            part
+            for part in (
+                f"--host={spec.host}" if spec.host else "",
+                f"--port={spec.port}",
+                f"--username={spec.user}" if spec.user else "",
+                f"--dbname={spec.dbname}",
+            )
+            if part
+        )
+        command = f"pg_restore --clean --if-exists --single-transaction --exit-on-error {target} {path}"
+        playbook = f"ansible-playbook playbooks/restore.yml -l <hosts> -e ringhub_restore_file={path}"
+        outcome = isinstance(exc, OutcomeUnknown)
+        lead = (
+            "If the schema is not the one you want, restore"
+            if outcome
+            else "The database is as it was; should you need the data as it was at the backup, restore"
+        )
+        exc.msg = (
+            f"{exc.msg.rstrip().rstrip('.;')}. The backup taken before the reset is {path} "
+            f"(sha256 {backup.get('sha256')}). {lead} it with {playbook} (it checks the sha256 first), or by "
+            f"hand: {command} (the password from PGPASSWORD or ~/.pgpass)"
+        )
+        exc.details["backup"] = backup
+        exc.details["restore_hint"] = {"file": path, "playbook": playbook, "pg_restore": command}
+
     def restore_drill(self, tools: Tools, backup: dict[str, Any], rows: dict[str, int | None]) -> dict[str, Any]:
         """Restore the backup into a scratch database and compare its row counts with the backup's snapshot."""
         drill = restore_drill(
@@ -635,11 +770,17 @@ class SchemaReset:
                 cur.execute("SELECT pg_export_snapshot()")
                 snapshot = cur.fetchone()[0]
                 tables = read_state(cur, opts.schema).tables
-                rows = {t["name"]: t["rows"] for t in count_rows(cur, opts.schema, tables)}
+                counted: dict[str, dict[str, int | None]] = {}
+
+                def count() -> None:  # in the same snapshot, on this connection, while pg_dump runs
+                    counted["rows"] = {t["name"]: t["rows"] for t in count_rows(cur, opts.schema, tables)}
+
                 info = make_backup(
                     self.spec, tools, opts.backup_dir or "", opts.schema, tables, snapshot, self.progress,
                     application_name=APPLICATION_NAME + ".backup", exclude_schemas=self.kept_existing,
+                    fmt=opts.backup_format, jobs=opts.backup_jobs, during=count,
                 )  # fmt: skip
+                rows = counted["rows"]
         except psycopg2.Error as exc:
             raise RingHubError(f"the backup transaction failed: {pg_error_text(exc, self.spec)}") from None
         finally:
@@ -665,6 +806,17 @@ class SchemaReset:
             except psycopg2.Error:
                 pass
             self.conn.close()
+
+
+def parse_iso(value: Any) -> datetime.datetime | None:
+    """An ISO UTC time of the progress file (``2026-11-28T17:30:00.123Z``), None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def summary_line(result: dict[str, Any], check_mode: bool) -> str:

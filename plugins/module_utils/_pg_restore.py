@@ -4,7 +4,8 @@
 
 ``restore_backup(params, check_mode)`` is the module. Order of work:
 
-1. validate the options and the file (a regular file);
+1. validate the options and the backup: a regular file (``pg_dump --format=custom``) or a
+   directory of regular files with a ``toc.dat`` (``--format=directory``);
 2. its sha256 against the one the reset recorded (``sha256``, and/or the
    audit line of ``audit_log`` that names the file): a file that differs is
    refused before anything is connected to;
@@ -27,7 +28,6 @@ only a COMMIT whose answer was lost is ``OutcomeUnknown``. Check mode runs steps
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -63,6 +63,9 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import (
     _client_env,
     _resolve_tool,
+    backup_sha256,
+    backup_size,
+    directory_files,
     dump_tables,
     tool_version,
 )
@@ -111,11 +114,8 @@ MODULE_OPTIONS: dict[str, Any] = dict(
 
 
 def file_sha256(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+    """The sha256 pg_schema_reset recorded: of the file, or of a directory backup's manifest."""
+    return backup_sha256(path)
 
 
 def audit_records_for(audit_log: str, path: str) -> list[dict[str, Any]]:
@@ -201,23 +201,32 @@ class RestoreRun:
                 )
 
     def check_file(self) -> dict[str, Any]:
-        """The file is a regular file whose sha256 is the recorded one; its facts."""
+        """The backup is a regular file (or a directory backup of regular files) whose sha256 is the recorded one."""
         path = self.path
         try:
             st = os.stat(path)
         except OSError as exc:
             raise NothingChanged(f"backup file {path} cannot be read: {exc.strerror}", path=path) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NothingChanged(f"backup file {path} is not a regular file", path=path)
-        if st.st_mode & 0o077:
-            self.warnings.append(
-                f"backup file {path} is readable by others (mode {oct(stat.S_IMODE(st.st_mode))}): it holds every "
-                "row of the hub; chmod 0600 it"
-            )
+        directory = stat.S_ISDIR(st.st_mode)
+        if not (directory or stat.S_ISREG(st.st_mode)):
+            raise NothingChanged(f"backup file {path} is not a regular file (nor a directory backup)", path=path)
         try:
+            modes = {path: st.st_mode}
+            if directory:
+                modes.update({os.path.join(path, n): os.lstat(os.path.join(path, n)).st_mode
+                              for n in directory_files(path)})  # fmt: skip
+            open_to_others = [name for name, mode in modes.items() if mode & 0o077]
+            if open_to_others:
+                self.warnings.append(
+                    f"backup {path} is readable by others ({', '.join(open_to_others[:5])}): it holds every row of "
+                    f"the hub; chmod {'-R go-rwx' if directory else '0600'} it"
+                )
             actual = file_sha256(path)
+            size = backup_size(path)
+        except RingHubError as exc:
+            raise NothingChanged(exc.msg, path=path) from None
         except OSError as exc:
-            raise NothingChanged(f"backup file {path} cannot be read: {exc.strerror}", path=path) from None
+            raise NothingChanged(f"backup {path} cannot be read: {exc.strerror}", path=path) from None
         expected: dict[str, str] = {}
         audit: dict[str, Any] | None = None
         if self.sha256:
@@ -257,7 +266,8 @@ class RestoreRun:
             )
         facts: dict[str, Any] = {
             "path": path,
-            "size": st.st_size,
+            "format": "directory" if directory else "custom",
+            "size": size,
             "sha256": actual,
             "sha256_source": ", ".join(expected),
         }

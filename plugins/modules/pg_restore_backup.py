@@ -31,7 +31,12 @@ extends_documentation_fragment:
   - threadring.ringhub.postgresql
 options:
   path:
-    description: The backup file on the managed host (C(<database>-<schema>-<UTC time>.dump)).
+    description:
+      - The backup on the managed host, as M(threadring.ringhub.pg_schema_reset) made it, in either of its
+        O(threadring.ringhub.pg_schema_reset#module:backup_format) formats.
+      - A file C(<database>-<schema>-<UTC time>.dump) (custom format), or a directory
+        C(<database>-<schema>-<UTC time>.dir) (directory format) of regular files with a C(toc.dat), whose sha256
+        is that of its manifest as the reset recorded it.
     type: path
     required: true
     version_added: 0.2.0
@@ -163,7 +168,8 @@ environment:
   type: dict
 backup:
   description:
-    - The checked file. C(path), C(size), C(sha256), C(sha256_source) (what it was checked against), C(audit) (the
+    - The checked file. C(path), C(format) (C(custom) or C(directory)), C(size) (of a directory, the sum of its
+      files), C(sha256), C(sha256_source) (what it was checked against), C(audit) (the
       audit line's C(time), C(event), C(run_id), C(environment) and C(database), with O(audit_log)), C(toc_entries),
       C(tables) (the tables of the schema whose data it holds), C(pg_restore) and C(pg_restore_version).
   returned: success

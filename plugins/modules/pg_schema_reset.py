@@ -78,6 +78,26 @@ options:
       - Required when O(backup=true).
     type: path
     version_added: 0.1.0
+  backup_format:
+    description:
+      - V(custom) writes one file C(<database>-<schema>-<UTC time>.dump) (C(pg_dump --format=custom), mode C(0600)).
+      - V(directory) writes a directory C(<database>-<schema>-<UTC time>.dir) (C(pg_dump --format=directory),
+        mode C(0700), every file in it C(0600)), one file per table, which O(backup_jobs) connections dump in
+        parallel in the same snapshot. It is verified with C(pg_restore --list) as the custom format is.
+      - The RV(backup) C(sha256) of a directory is the SHA-256 of its manifest, one C(<sha256>  <name>) line per
+        file, names in byte order, as C(cd DIR && LC_ALL=C sha256sum $(LC_ALL=C ls) | sha256sum) prints it.
+      - M(threadring.ringhub.pg_restore_backup) restores either format.
+    type: str
+    choices: [custom, directory]
+    default: custom
+    version_added: 0.2.0
+  backup_jobs:
+    description:
+      - Parallel C(pg_dump) connections (C(--jobs)) for O(backup_format=directory); 1 to 64. More than 1 needs
+        O(backup_format=directory). Each job is one more connection to the server while the backup runs.
+    type: int
+    default: 1
+    version_added: 0.2.0
   pg_dump_path:
     description:
       - The C(pg_dump) executable, or a directory holding it. Default is C(pg_dump) on E(PATH).
@@ -358,6 +378,23 @@ outcome_unknown:
       C(_prisma_migrations) before running the reset again.
   returned: on failure, when the COMMIT got no answer
   type: bool
+restore_hint:
+  description:
+    - On failure after the backup was made, where it is and how to restore it; C(file), C(playbook) (the
+      C(playbooks/restore.yml -e ringhub_restore_file=...) command) and C(pg_restore) (the exact command line,
+      no password). The message names them too.
+  returned: on failure, after the backup was made
+  type: dict
+  version_added: 0.2.0
+previous_run:
+  description:
+    - The state an earlier run left when it was killed (its progress file was still there), read under the
+      reset lock; C(phase), C(started), C(updated), C(schema_state) (C(old) or C(new)), C(migrations_applied_at),
+      C(backup_path), C(backup_complete) and a C(message), also given as a warning. This run then does the whole
+      reset again.
+  returned: when O(progress_file) names a file an earlier, killed run left
+  type: dict
+  version_added: 0.2.0
 connection:
   description: Where the module connected (password masked, Prisma-only parameters removed).
   returned: always
@@ -437,8 +474,9 @@ dropped:
     outside_schema: []
 backup:
   description:
-    - The verified backup, C(path), C(size) (bytes), C(sha256), C(toc_entries) (entries listed by
-      C(pg_restore --list)), C(mode), C(pg_dump) and C(pg_dump_version).
+    - The verified backup, C(path), C(format) (O(backup_format)), C(size) (bytes; of a directory, the sum of its
+      files), C(sha256), C(toc_entries) (entries listed by C(pg_restore --list)), C(mode), C(pg_dump) and
+      C(pg_dump_version); for a directory also C(jobs), C(files) and C(file_mode).
     - C(rows) holds the row count of every table of the schema in the backup (read in the snapshot
       C(pg_dump) used), C(rows_written_after_backup) the difference per table between the backup
       and the rows the reset dropped (rows written by the hub after the backup are not in it).

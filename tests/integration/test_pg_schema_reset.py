@@ -1176,3 +1176,95 @@ def test_warnings_gathered_before_a_failure_are_reported_with_it(pg_db, fixture_
     assert any("'frobnicate' is unknown to libpq" in w for w in warnings)
     assert res.result["connection"]["database"] == pg_db.name and {"preflight", "reset"} <= set(res.result["seconds"])
     assert_untouched(pg_db, before)
+
+
+# -- a killed earlier run, and what a failure after the backup says ---------------------------------------
+
+
+def interrupted_report(db, phase: str, backup_path: str | None, started: str) -> dict:
+    """The last progress report of a real run whose process was killed in ``phase``."""
+    return {
+        "phase": phase, "started": started, "updated": started, "elapsed": 1.0, "phase_elapsed": 0.5,
+        "check_mode": False, "database": db.name, "schema": "public", "database_size": 1, "backup_path": backup_path,
+        "backup_bytes": 10, "rate_bytes_per_s": 1.0, "failed_phase": None, "error": None, "summary": None,
+    }  # fmt: skip
+
+
+def test_the_report_a_killed_run_left_is_read_under_the_lock_and_said(pg_db, fixture_migrations, tmp_path) -> None:
+    before = seeded(pg_db, fixture_migrations)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    progress = backups / "progress.json"
+    stale = str(backups / "killed.dump")
+    progress.write_text(json.dumps(interrupted_report(pg_db, "backup", stale, "2026-11-30T10:00:00.000Z")))
+    args = args_for(pg_db, fixture_migrations, backups, progress_file=str(progress))
+
+    # A second run refused at the lock leaves the report of the run that holds it in place.
+    holder = pg_db.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (RESET_LOCK_KEY,))
+            assert cur.fetchone()[0]
+        refused = run_module("pg_schema_reset", args)
+        assert refused.failed and "another schema reset is running" in refused.msg
+        assert read_progress(progress)["phase"] == "backup" and read_progress(progress)["backup_path"] == stale
+    finally:
+        holder.close()
+
+    res = run_module("pg_schema_reset", args)
+    assert not res.failed, res.msg
+    previous = res.result["previous_run"]
+    assert previous["phase"] == "backup" and previous["schema_state"] == "old"
+    assert previous["backup_path"] == stale and previous["backup_complete"] is False
+    assert previous["message"] == (
+        f"the previous reset of schema 'public' of database '{pg_db.name}' (started 2026-11-30T10:00:00.000Z) "
+        "stopped in phase 'backup' at 2026-11-30T10:00:00.000Z without reporting an end (its process was killed); "
+        f"the schema is the old one (that run's transaction never committed); its backup {stale} may be incomplete "
+        "(its pg_dump did not finish). This run does the whole reset again."
+    )
+    assert previous["message"] in res.output  # a warning
+    assert {t["name"]: t["rows"] for t in res.result["dropped"]["tables"]} == before
+    assert read_progress(progress)["phase"] == "done"
+    # A finished report left in place (the reset playbook removes it after its audit line): the run that wrote
+    # it completed, the schema is the new one.
+    again = run_module("pg_schema_reset", args)
+    assert not again.failed, again.msg
+    assert again.result["previous_run"]["phase"] == "done" and again.result["previous_run"]["schema_state"] == "new"
+    assert again.result["previous_run"]["backup_path"] == res.result["backup"]["path"]
+    assert again.result["previous_run"]["backup_complete"] is True
+    # A report of a failed run (it said so itself) and a check-mode report are no unfinished run.
+    report = read_progress(progress)
+    progress.write_text(json.dumps(dict(report, phase="failed", failed_phase="reset", error="x")))
+    assert "previous_run" not in run_module("pg_schema_reset", args).result
+    # A check-mode report is no run of the past either.
+    progress.write_text(json.dumps(dict(interrupted_report(pg_db, "reset", None, "2026-11-30T10:00:00.000Z"),
+                                        check_mode=True)))  # fmt: skip
+    third = run_module("pg_schema_reset", args)
+    assert not third.failed and "previous_run" not in third.result
+
+
+def test_a_failure_after_the_backup_names_it_and_the_restore_commands(pg_db, fixture_migrations, tmp_path) -> None:
+    migrations = copy_migrations(fixture_migrations, tmp_path / "migrations")
+    seeded(pg_db, migrations)
+    before = snapshot(pg_db)
+    broken = last_migration(migrations)
+    broken.write_text(broken.read_text() + "\nSELECT no_such_function();\n")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations, backups))
+    assert res.failed and res.result["nothing_changed"] is True
+    [backup] = list(backups.glob("*.dump"))
+    hint = res.result["restore_hint"]
+    assert hint["file"] == str(backup) == res.result["backup"]["path"]
+    assert hint["pg_restore"] == (
+        "pg_restore --clean --if-exists --single-transaction --exit-on-error "
+        f"--host={pg_db.server.host} --port={pg_db.server.port} --username={pg_db.server.superuser} "
+        f"--dbname={pg_db.name} {backup}"
+    )
+    assert hint["playbook"] == f"ansible-playbook playbooks/restore.yml -l <hosts> -e ringhub_restore_file={backup}"
+    assert f"The backup taken before the reset is {backup} (sha256 {res.result['backup']['sha256']})" in res.msg
+    assert hint["pg_restore"] in res.msg and res.msg.endswith("the transaction was rolled back, nothing was changed")
+    assert_untouched(pg_db, before)
+    # Before the backup there is nothing to restore: no hint.
+    res = run_module("pg_schema_reset", args_for(pg_db, migrations))
+    assert res.failed and "restore_hint" not in res.result and "The backup taken" not in res.msg

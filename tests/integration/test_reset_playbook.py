@@ -434,3 +434,18 @@ def test_a_missing_key_env_value_and_did_document_are_made_before_the_restart(sa
     summary = "\n".join(run.task("Summary of the run")["msg"])
     assert f"public key fingerprint (SHA-256 of the DER public key) {keys['fingerprint']})" in summary
     assert "key sha256" not in run.output
+
+
+def test_mode_db_flushes_the_database_the_redis_url_names(sandbox_deployment_factory: Any) -> None:
+    """``ringhub_redis_flush_mode: db`` with a Redis URL naming database 2 empties database 2 and leaves
+    the others alone (``ringhub_redis_flush_db`` unset: the URL's database, never database 0 by default)."""
+    dep = sandbox_deployment_factory(hubs=1)
+    db2_url = dep.redis_url.rsplit("/", 1)[0] + "/2"
+    dep.redis_client(2).mset({f"hub:cache:{i}": "x" for i in range(25)})
+    dep.redis_client(0).set("other:keep-me", "1")
+
+    run = reset(dep, {**PHRASES, "ringhub_redis_url": db2_url, "ringhub_redis_flush_mode": "db"})
+
+    assert run.rc == 0, run.output[-3000:]
+    assert dep.redis_client(2).dbsize() == 0
+    assert dep.redis_client(0).get("other:keep-me") == "1"

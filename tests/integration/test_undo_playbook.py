@@ -67,6 +67,9 @@ def test_reset_with_the_undo_window_then_undo_brings_back_every_row_and_the_hub_
     after_reset = dep.counts()
     assert after_reset["rings"] == ["spool"]
     assert all(ring_status(dep, slug)[0] == 404 for slug in old_rings)
+    kept = audit_lines(dep)[-1]["details"]["steps"]["reset"]["kept_schema"]
+    assert kept["name"].startswith("public_before_reset_") and kept["name"] in reset.output
+    assert kept["total_rows"] == before["total_rows"] and kept["until"]
 
     # Check mode lists the kept schema with its size and changes nothing.
     check = play("undo.yml", dep, check=True)
