@@ -334,7 +334,8 @@ def _url_problem(name: str, url: Any) -> str | None:
         parts = urlsplit(url)
         _port = parts.port
     except ValueError:
-        return f"{name} {url!r} does not parse as a URL"
+        # Not repeated: an unparsable URL cannot be masked, and it may hold a password.
+        return f"{name} does not parse as a URL: its port is not a number from 0 to 65535, or a '[' has no ']'"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{name} must be an http:// or https:// URL with a host, got {mask_url(url)!r}"
     if parts.password is not None or parts.username:

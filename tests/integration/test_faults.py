@@ -258,7 +258,7 @@ class Run:
 
 def start_reset(dep: Deployment, extra_vars: dict[str, Any] | None = None, inventory: Path | None = None) -> Run:
     ensure_collection_link()
-    tmp = Path(tempfile.mkdtemp(prefix="ringhub-fault-"))
+    tmp = Path(tempfile.mkdtemp(prefix="fault-run-", dir=dep.directory))  # removed with the deployment
     vars_file = tmp / "extra_vars.json"
     vars_file.write_text(json.dumps({**PHRASES, **(extra_vars or {})}))
     log = tmp / "output.log"

@@ -589,3 +589,12 @@ def test_the_actor_dataclass_hides_its_key() -> None:
     actor = _hub_probe.Actor("did:web:h:users:x", "x", {}, "/d", "https://h/users/x/did.json", "/k", key)
     assert "key=" not in repr(actor) and "PRIVATE" not in repr(actor)
     assert os.fspath("/k") == actor.public()["key_file"]
+
+
+def test_a_url_that_does_not_parse_is_not_repeated_in_the_error() -> None:
+    """An unparsable URL cannot be masked, so its text (which may hold a password) is never echoed."""
+    problem = _hub_probe._url_problem("api_url", "http://ops:s3cr%t@hub.example:99999/")
+    assert problem is not None and problem.startswith("api_url does not parse as a URL")
+    assert "s3cr" not in problem and "ops" not in problem
+    masked = _hub_probe._url_problem("api_url", "http://ops:s3cret@hub.example:3000/")
+    assert masked is not None and "must not carry credentials" in masked and "s3cret" not in masked
