@@ -144,6 +144,10 @@ def cases(dep: Any, workdir: Path, rows: int) -> list[tuple[str, str, dict[str, 
          True, ""),
         ("audit_log", "audit_log", {"path": str(audit), "event": "reset", "status": "succeeded",
                                     "operator": "bench", "details": {"rows": rows}}, False, "audit"),
+        ("reset_steps (the reset's data steps: database and Redis)", "reset_steps",
+         {"database_url": dep.database_url, "redis_urls": [dep.redis_url],
+          "pg_schema_reset": {k: v for k, v in reset.items() if k != "database_url"},
+          "redis_flush": {"mode": "all"}}, False, "db+redis"),
         ("hub_probe (read-only checks)", "hub_probe", {"api_url": dep.hub_urls[0], "hub_url": dep.hub_url,
                                                        "instance_did": dep.instance_did}, False, "db"),
     ]  # fmt: skip
@@ -192,16 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             write_audit_log(workdir / f"audit-{rows}.jsonl", max(1, rows // 10))
             fresh = {"db": True, "redis": True}
             for label, module, args, check, needs in cases(dep, workdir, rows):
-                if needs in ("db", "redis") and not fresh[needs]:
-                    if needs == "db":
-                        data.copy.restore(rows)
-                    else:
-                        data.redis.fill(rows)
+                for need in needs.split("+"):
+                    if need in ("db", "redis") and not fresh[need]:
+                        if need == "db":
+                            data.copy.restore(rows)
+                        else:
+                            data.redis.fill(rows)
+                        fresh[need] = True
                 res = run_module(module, args, check)
-                if module == "pg_schema_reset":
+                if module in ("pg_schema_reset", "reset_steps"):
                     fresh["db"] = False
                     clear_backups(dep.paths["backup_dir"])
-                if module == "redis_flush":
+                if module in ("redis_flush", "reset_steps"):
                     fresh["redis"] = False
                 measured.setdefault(label, {})[rows] = res
                 print(f"  {rows}: {label} {res['module_mib']} MiB {res['children_mib']} {res['seconds']} s",

@@ -5,6 +5,7 @@
     .venv/bin/python bench/reset_playbook.py --quick         # 20,000 rows, one repetition
     .venv/bin/python bench/reset_playbook.py --compare DIR   # also another checkout's playbook (before/after)
     .venv/bin/python bench/reset_playbook.py --backup-jobs 2 # also the directory-format backup, 2 jobs
+    .venv/bin/python bench/reset_playbook.py --backup-compress 6  # also the backup at pg_dump's own level
 
 A deployment (tests/harness/deployment.py: PostgreSQL, Redis, key, .env, one sandbox hub) is
 brought up once. For each size, alternately, --repeat times each:
@@ -14,8 +15,8 @@ brought up once. For each size, alternately, --repeat times each:
   migration, the ``_prisma_migrations`` rows and the root ring with its three roles, then
   ``redis-cli FLUSHALL ASYNC``;
 - ``ansible-playbook playbooks/reset.yml -l production`` with the phrases as variables
-  (confirm, preflight with its three check-mode runs, backup + reset + root ring in one
-  transaction, Redis flush, key check, audit line) and ``ringhub_restart_backend=none``, since
+  (confirm, preflight with its three checks in one check-mode module run, backup + reset + root
+  ring in one transaction and the Redis flush in one module run, audit line) and ``ringhub_restart_backend=none``, since
   the script restarts nothing;
 - with ``--compare DIR``, the same command from the checkout DIR (its own playbook, roles,
   ansible.cfg and collection link; this checkout's venv), to measure a change against the code
@@ -27,7 +28,9 @@ every run the database holds ``--rows`` rows over the hub's tables (memberships,
 audit rows: bench/datagen.py, generated once per size, then copied back from a template database)
 and Redis ``--rows`` keys (``redis-cli --pipe``); the playbook runs with
 ``ringhub_verify_after_reset=false``. With ``--backup-jobs N`` the current checkout also runs with
-``ringhub_backup_format=directory ringhub_backup_jobs=N``; ``--compare`` is repeatable.
+``ringhub_backup_format=directory ringhub_backup_jobs=N``, with ``--backup-compress LEVEL`` with
+``ringhub_backup_compress=LEVEL`` (the playbook's default is level 1; the script's ``pg_dump`` uses its own
+default, zlib level 6, which ``--backup-compress 6`` matches); ``--compare`` is repeatable.
 Reported per size: median wall seconds of each,
 their ratio, the fixed overhead (the playbook's seconds minus its modules' own database and Redis
 seconds, as the modules report them), and where the playbook's time goes: per group of tasks
@@ -144,10 +147,16 @@ ROUND_TRIPS = {
     "threadring.ringhub.pg_schema_reset": "pg_schema_reset",
     "threadring.ringhub.redis_flush": "redis_flush",
     "threadring.ringhub.did_keys": "did_keys",
+    "threadring.ringhub.reset_steps": "reset_steps",
     "threadring.ringhub.audit_log": "audit_log",
 }
-# Whose own seconds count as the work itself (database and Redis) in the fixed overhead.
-WORK_ACTIONS = ("threadring.ringhub.pg_schema_reset", "threadring.ringhub.redis_flush")
+# Whose own seconds count as the work itself (database and Redis) in the fixed overhead. reset_steps
+# runs pg_schema_reset, redis_flush and did_keys in one module run; its own seconds are theirs.
+WORK_ACTIONS = (
+    "threadring.ringhub.pg_schema_reset",
+    "threadring.ringhub.redis_flush",
+    "threadring.ringhub.reset_steps",
+)
 
 
 def baseline_script(dep: Any, workdir: Path) -> Path:
@@ -413,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also the playbook with ringhub_backup_format=directory and ringhub_backup_jobs=N (repeatable)",
     )
+    parser.add_argument(
+        "--backup-compress",
+        action="append",
+        metavar="LEVEL",
+        help="also the playbook with ringhub_backup_compress=LEVEL (repeatable; 6 is pg_dump's own default level, "
+        "the script's)",
+    )
     parser.add_argument("--output", help="JSON results file")
     opts = parser.parse_args(argv)
     sizes = [20_000] if opts.quick else (opts.rows or [100_000, 1_000_000])
@@ -428,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     variants["playbook"] = (REPO, {})
     for jobs in opts.backup_jobs or []:
         variants[f"directory -j{jobs}"] = (REPO, {"ringhub_backup_format": "directory", "ringhub_backup_jobs": jobs})
+    for level in opts.backup_compress or []:
+        variants[f"compression {level}"] = (REPO, {"ringhub_backup_compress": str(level)})
     workdir = Path(tempfile.mkdtemp(prefix="ringhub-bench-reset-"))
     os.chmod(workdir, 0o711)
     (workdir / "bench_timing.py").write_text(TIMING_CALLBACK)

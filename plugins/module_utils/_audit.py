@@ -6,6 +6,11 @@
 created mode 0600 and then gets the task's file options (``mode``, ``owner``,
 ``group``...) through Ansible's helpers (``_files.Files``); an existing one keeps
 its attributes.
+
+``remove_files`` names files the run is done with (the reset's progress file): they
+are removed only once the line is written and synced, so a run that fails before
+that leaves them. A listed directory (or any path that is not a regular file or
+a symlink) is refused before the line is written.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import json
 import os
 import re
 import socket
+import stat
 from typing import Any
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import (
     MASK,
+    NothingChanged,
     Outcome,
     RingHubError,
     redact,
 )
-from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files
+from ansible_collections.threadring.ringhub.plugins.module_utils._files import Files, _fsync_dir
 
 STATUSES = ("started", "succeeded", "failed", "aborted", "info")
 DEFAULT_STATUS = "info"
@@ -40,6 +47,7 @@ def argument_spec() -> dict[str, Any]:
         details=dict(type="dict", default={}),
         operator=dict(type="str"),
         mode=dict(type="raw", default=DEFAULT_MODE),
+        remove_files=dict(type="list", elements="path", default=[]),
     )
 
 
@@ -47,18 +55,94 @@ MODULE_OPTIONS: dict[str, Any] = dict(add_file_common_args=True)
 
 
 def append_event(params: dict[str, Any], files: Files) -> Outcome:
-    """The audit_log module: build the record, append it (not in check mode), return it."""
+    """The audit_log module: build the record, append it, remove ``remove_files`` (not in check mode), return it."""
     record = build_record(params["event"], params["status"], params["details"], params["operator"])
     path = os.path.abspath(params["path"])
     file_args = files.task_args(path)
     files.differences(file_args)  # Ansible validates mode, owner and group before anything is written
-    if not files.check_mode and append_record(path, record):
-        files.set_attributes(file_args)
+    to_remove = removable_paths(params.get("remove_files") or [], path)
+    removed: list[str] = []
+    if not files.check_mode:
+        if append_record(path, record):
+            files.set_attributes(file_args)
+        removed = remove_after_write(to_remove, path)
     # The invocation echo shows the masked details, never the raw ones.
     invocation = {"module_args": dict(params, details=record["details"])}
     return Outcome(
-        changed=True, result={"record": json.loads(json.dumps(record)), "path": path, "invocation": invocation}
+        changed=True,
+        result={
+            "record": json.loads(json.dumps(record)),
+            "path": path,
+            "removed": removed,
+            "invocation": invocation,
+        },
     )
+
+
+def removable_paths(paths: list[str], audit_path: str) -> list[str]:
+    """``paths`` made absolute, without repeats; a ``NothingChanged`` for one that could not be removed as a file.
+
+    Runs before the line is written: a listed directory, fifo, socket or device, or
+    the audit file itself, fails the task with nothing written and nothing removed.
+    A path that does not exist (or whose parent is not a directory) is kept: it
+    is reported as not removed.
+    """
+    wanted = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+    for target in wanted:
+        if target == audit_path:
+            raise NothingChanged(
+                f"remove_files names the audit file {target} itself: the audit line would be removed with it",
+                path=audit_path,
+            )
+        try:
+            mode = os.lstat(target).st_mode
+        except OSError:
+            continue  # missing: nothing to remove (it is not reported as removed)
+        if stat.S_ISDIR(mode):
+            raise NothingChanged(
+                f"remove_files removes regular files and symlinks, not directories: {target} is a directory; "
+                "the audit line was not written",
+                path=audit_path,
+            )
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise NothingChanged(
+                f"remove_files removes regular files and symlinks: {target} is neither; the audit line was not written",
+                path=audit_path,
+            )
+    return wanted
+
+
+def remove_after_write(paths: list[str], audit_path: str) -> list[str]:
+    """Remove each of ``paths`` (the line is already in ``audit_path``); the ones removed.
+
+    Every path is tried; a failure to remove any of them is one ``RingHubError`` that
+    names each file and says the line was written (running the task again would
+    write it twice).
+    """
+    removed: list[str] = []
+    failed: dict[str, str] = {}
+    for target in paths:
+        try:
+            os.unlink(target)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing (a parent that is not a directory holds nothing either)
+        except OSError as exc:
+            failed[target] = exc.strerror or str(exc)
+            continue
+        removed.append(target)
+    for directory in dict.fromkeys(os.path.dirname(p) for p in removed):
+        _fsync_dir(directory)
+    if failed:
+        reasons = "; ".join(f"{target}: {reason}" for target, reason in failed.items())
+        raise RingHubError(
+            f"remove_files could not remove {reasons}. The audit line WAS written to {audit_path} "
+            f"(running the task again would write it twice): remove {'it' if len(failed) == 1 else 'them'} by hand",
+            path=audit_path,
+            removed=removed,
+            not_removed=list(failed),
+            changed=True,
+        )
+    return removed
 
 
 SECRET_KEY_RE = re.compile(r"pass(word|phrase)?|secret|token|private_?key|credential|api_?key", re.I)
@@ -106,7 +190,11 @@ def _login_user() -> str:
 
 
 def append_record(path: str, record: dict[str, Any]) -> bool:
-    """Append ``record`` as one line (one ``write`` in append mode); whether the file was created (mode 0600)."""
+    """Append ``record`` as one line (one ``write`` in append mode, then ``fsync``); whether the file was created.
+
+    A new file is created mode 0600 and its directory is synced too, so the line is
+    on disk when this returns.
+    """
     line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(parent) and not os.path.isdir(parent):
@@ -121,9 +209,20 @@ def append_record(path: str, record: dict[str, Any]) -> bool:
     except OSError as exc:
         raise RingHubError(f"cannot open audit file {path}: {exc.strerror}", path=path) from exc
     try:
-        os.write(fd, line.encode("utf-8"))
-    except OSError as exc:
-        raise RingHubError(f"cannot write audit file {path}: {exc.strerror}", path=path) from exc
+        try:
+            os.write(fd, line.encode("utf-8"))
+        except OSError as exc:
+            raise RingHubError(f"cannot write audit file {path}: {exc.strerror}", path=path) from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise RingHubError(
+                f"the audit line was written to {path} but could not be synced to disk: {exc.strerror}",
+                path=path,
+                changed=True,
+            ) from exc
     finally:
         os.close(fd)
+    if created:
+        _fsync_dir(parent)
     return created

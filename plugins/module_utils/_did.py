@@ -26,8 +26,6 @@ import urllib.error
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from ansible.module_utils import urls
-
 from ansible_collections.threadring.ringhub.plugins.module_utils._common import RingHubError
 
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -396,6 +394,10 @@ def fetch_document(
     another address). The document's ``id`` must equal ``did``. Uses Ansible's
     ``open_url`` (proxies, certificate checks, redirects as Ansible handles them).
     """
+    # Imported here: the modules that only read and write keys (did_keys, reset_steps) never fetch, and
+    # Ansible's urls module is a twentieth of a second of every module start.
+    from ansible.module_utils import urls
+
     target = url or did_web_to_url(did)
     try:
         response = urls.open_url(

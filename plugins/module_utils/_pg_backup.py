@@ -9,6 +9,10 @@ older than the server; ``check_backup_dir()`` creates and removes a probe file
 exported snapshot), reads it back with ``pg_restore --list`` and requires the
 data of every table of the schema in it. A failed backup leaves no file.
 
+Both formats are compressed with ``pg_dump --compress=<backup_compress>`` (default ``1``, zlib's
+fastest level); ``parse_compress()`` checks the value and ``check_compress_supported()`` refuses a
+method (``lz4``, ``zstd:3`` ...) that the ``pg_dump`` found, older than 16, does not know.
+
 ``fmt="directory"`` makes a directory-format dump instead (``pg_dump --format=directory
 --jobs=N``: one file per table, written by N parallel connections in the same snapshot)
 into a new 0700 directory ``<name>.dir`` whose files are 0600, verified the same way.
@@ -176,6 +180,72 @@ def _file_size(path: str) -> int:
 BACKUP_FORMATS = ("custom", "directory")
 DIRECTORY_SUFFIX = ".dir"
 
+# pg_dump --compress: an integer level (every pg_dump; 0 is none, 1-9 zlib), or since pg_dump 16 a method
+# with an optional level, within the range pg_dump 16 accepts for it.
+DEFAULT_COMPRESS = "1"
+COMPRESS_METHODS: dict[str, tuple[int, int]] = {"gzip": (1, 9), "lz4": (1, 12), "zstd": (1, 22)}
+COMPRESS_METHOD_MIN_PG_DUMP = 16
+COMPRESS_ACCEPTED = (
+    "an integer 0-9 (0: no compression, 1-9: zlib level; any pg_dump), or a method gzip, lz4 or zstd, alone or "
+    f"with a level as gzip:1-9, lz4:1-12, zstd:1-22 (pg_dump {COMPRESS_METHOD_MIN_PG_DUMP} or later)"
+)
+_COMPRESS_RE = re.compile(r"^(?:(?P<level>\d+)|(?P<method>[a-z0-9]+)(?::(?P<detail>.*))?)$")
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A checked ``backup_compress``: ``value`` is what ``pg_dump --compress=`` gets."""
+
+    value: str
+    method: str  # none, gzip, lz4 or zstd
+    level: int | None  # None: the method's default level
+    min_pg_dump: int  # the oldest pg_dump major version that accepts ``value``
+
+
+def parse_compress(value: Any) -> Compression:
+    """``backup_compress`` checked: ``0``-``9``, or ``gzip``/``lz4``/``zstd`` with an optional ``:<level>``.
+
+    Surrounding blanks and the case of a method name are forgiven; anything else raises a
+    ``RingHubError`` that names the option, the value and what is accepted.
+    """
+    text = str(value).strip().lower() if value is not None else ""
+    match = _COMPRESS_RE.match(text)
+
+    def refuse(why: str) -> RingHubError:
+        return RingHubError(f"backup_compress {value!r} {why}: give {COMPRESS_ACCEPTED}", option="backup_compress")
+
+    if not match:
+        raise refuse("is not a pg_dump compression")
+    if match.group("level") is not None:
+        level = int(match.group("level"))
+        if level > 9:
+            raise refuse("is not a compression level 0-9")
+        return Compression(value=str(level), method="gzip" if level else "none", level=level, min_pg_dump=0)
+    method, detail = match.group("method"), match.group("detail")
+    if method not in COMPRESS_METHODS:
+        raise refuse("names no compression method pg_dump knows")
+    low, high = COMPRESS_METHODS[method]
+    if detail is None:
+        return Compression(value=method, method=method, level=None, min_pg_dump=COMPRESS_METHOD_MIN_PG_DUMP)
+    if not re.fullmatch(r"\d+", detail) or not low <= int(detail) <= high:
+        raise refuse(f"has no {method} level {low}-{high} after the colon")
+    level = int(detail)
+    return Compression(value=f"{method}:{level}", method=method, level=level, min_pg_dump=COMPRESS_METHOD_MIN_PG_DUMP)
+
+
+def check_compress_supported(compression: Compression, tools: Tools) -> None:
+    """Refuse a compression the ``pg_dump`` found does not understand (a method before pg_dump 16)."""
+    if tools.pg_dump_major < compression.min_pg_dump:
+        raise RingHubError(
+            f"backup_compress {compression.value!r} is a compression method, which pg_dump accepts from version "
+            f"{compression.min_pg_dump} on; {tools.pg_dump} is version {tools.pg_dump_version}, which accepts only "
+            "an integer 0-9 (0: no compression, 1-9: zlib level): set backup_compress to one of those, or "
+            f"pg_dump_path to a pg_dump {compression.min_pg_dump} or later",
+            option="backup_compress",
+            pg_dump=tools.pg_dump,
+            pg_dump_version=tools.pg_dump_version,
+        )
+
 
 def file_sha256(path: str) -> str:
     sha = hashlib.sha256()
@@ -277,8 +347,11 @@ def make_backup(
     fmt: str = "custom",
     jobs: int = 1,
     during: Callable[[], None] | None = None,
+    compress: str = DEFAULT_COMPRESS,
 ) -> dict[str, Any]:
     """``pg_dump -Fc`` of the whole database, mode 0600, read back with ``pg_restore --list``.
+
+    ``compress`` (``backup_compress``, see ``parse_compress``) is ``pg_dump --compress=``, in either format.
 
     ``fmt="directory"``: ``pg_dump -Fd --jobs=<jobs>`` into a new 0700 directory (its files 0600).
     ``during()`` runs once while ``pg_dump`` runs (for example the row counts of the snapshot, on the
@@ -293,6 +366,8 @@ def make_backup(
         raise RingHubError(f"backup_format {fmt!r} is not one of {', '.join(BACKUP_FORMATS)}")
     if jobs < 1 or (jobs > 1 and fmt != "directory"):
         raise RingHubError(f"backup_jobs {jobs}: more than one job needs backup_format directory")
+    compression = parse_compress(compress)
+    check_compress_supported(compression, tools)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = f"{_safe_name(spec.dbname or 'db')}-{_safe_name(schema)}-{stamp}"
     path = _create_target(backup_dir, base, fmt)
@@ -306,7 +381,7 @@ def make_backup(
 
     try:
         proc = run_polled(
-            [tools.pg_dump, f"--format={fmt}", "--no-password", "--file", path]
+            [tools.pg_dump, f"--format={fmt}", f"--compress={compression.value}", "--no-password", "--file", path]
             + ([f"--jobs={jobs}"] if jobs > 1 else [])
             + ([f"--snapshot={snapshot}"] if snapshot else [])
             + [f"--exclude-schema={quote_pattern(name)}" for name in exclude_schemas or []],
@@ -350,6 +425,7 @@ def make_backup(
     info = {
         "path": path,
         "format": fmt,
+        "compress": compression.value,
         "size": backup_size(path),
         "sha256": digest,
         "toc_entries": len(entries),

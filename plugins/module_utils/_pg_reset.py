@@ -12,8 +12,8 @@ work (``SchemaReset.run()``):
 3. preflight (``_pg_catalog``): the role may drop and recreate the schema (with
    its owner, privileges and default privileges), the environment marker (a
    ``ringhub.environment=<name>`` line in the database comment) matches, the
-   client tools are new enough, the backup directory is writable;
-4. backup (``_pg_backup``): ``pg_dump -Fc`` into ``backup_dir`` (mode 0600),
+   client tools are new enough (and know ``backup_compress``), the backup directory is writable;
+4. backup (``_pg_backup``): ``pg_dump -Fc --compress=<backup_compress>`` into ``backup_dir`` (mode 0600),
    read back with ``pg_restore --list``, in a snapshot whose row counts are kept;
 5. the one transaction (``_pg_transaction``): drop, recreate, migrate, record,
    seed the root ring, mark the environment, commit.
@@ -59,10 +59,13 @@ from ansible_collections.threadring.ringhub.plugins.module_utils._pg import (
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import (
     BACKUP_FORMATS,
+    DEFAULT_COMPRESS,
     Tools,
     check_backup_dir,
+    check_compress_supported,
     find_tools,
     make_backup,
+    parse_compress,
     restore_drill,
 )
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_catalog import (
@@ -119,6 +122,7 @@ def argument_spec() -> dict[str, dict[str, Any]]:
         backup_dir=dict(type="path"),
         backup_format=dict(type="str", choices=list(BACKUP_FORMATS), default="custom"),
         backup_jobs=dict(type="int", default=1),
+        backup_compress=dict(type="str", default=DEFAULT_COMPRESS),
         pg_dump_path=dict(type="path"),
         pg_restore_path=dict(type="path"),
         terminate_sessions=dict(type="bool", default=True),
@@ -152,6 +156,7 @@ class ResetOptions:
     backup_dir: str | None = None
     backup_format: str = "custom"
     backup_jobs: int = 1
+    backup_compress: str = DEFAULT_COMPRESS
     pg_dump_path: str | None = None
     pg_restore_path: str | None = None
     terminate_sessions: bool = True
@@ -172,8 +177,8 @@ class ResetOptions:
     @classmethod
     def from_params(cls, params: dict[str, Any], schema: str, check_mode: bool) -> ResetOptions:
         """From the module's parameters (shaped by ``argument_spec()``) and the connection's schema."""
-        names = ("expected_environment", "backup", "backup_dir", "backup_format", "backup_jobs", "pg_dump_path",
-                 "pg_restore_path",
+        names = ("expected_environment", "backup", "backup_dir", "backup_format", "backup_jobs", "backup_compress",
+                 "pg_dump_path", "pg_restore_path",
                  "terminate_sessions", "lock_timeout", "allow_outside_drops", "migrations_role", "keep_previous",
                  "keep_previous_for", "restore_drill")  # fmt: skip
         ring = params.get("root_ring")
@@ -293,6 +298,10 @@ class SchemaReset:
                 f"backup_jobs {opts.backup_jobs} must be 1 to 64, and more than 1 only with backup_format directory",
                 option="backup_jobs",
             )
+        try:
+            parse_compress(opts.backup_compress)
+        except RingHubError as exc:
+            raise NothingChanged(exc.msg, option="backup_compress") from None
         try:
             parse_retention(opts.keep_previous_for)
         except RingHubError as exc:
@@ -519,6 +528,10 @@ class SchemaReset:
             if opts.backup:
                 tools = find_tools(opts.pg_dump_path, opts.pg_restore_path, state.server_version_num,
                                    state.server_version)  # fmt: skip
+                try:
+                    check_compress_supported(parse_compress(opts.backup_compress), tools)
+                except RingHubError as exc:
+                    raise NothingChanged(exc.msg, **exc.details) from None
                 result["backup_dir"] = check_backup_dir(opts.backup_dir or "")
                 free = result["backup_dir"]["free_bytes"]
                 if free < state.database_size:
@@ -605,7 +618,11 @@ class SchemaReset:
         result["applied"] = []
         result["backup"] = {"skipped": True, "reason": "check mode"} if opts.backup else {"skipped": True}
         if tools:
-            result["backup"].update(pg_dump=tools.pg_dump, pg_dump_version=tools.pg_dump_version)
+            result["backup"].update(
+                pg_dump=tools.pg_dump,
+                pg_dump_version=tools.pg_dump_version,
+                compress=parse_compress(opts.backup_compress).value,
+            )
         result["environment"] = self.environment_result(marked=False)
         result["would_keep"] = self.would_keep()
         result["would_purge"] = [k for k in self.kept_listing if k["expired"]] if self.state.can_mark else []
@@ -778,7 +795,7 @@ class SchemaReset:
                 info = make_backup(
                     self.spec, tools, opts.backup_dir or "", opts.schema, tables, snapshot, self.progress,
                     application_name=APPLICATION_NAME + ".backup", exclude_schemas=self.kept_existing,
-                    fmt=opts.backup_format, jobs=opts.backup_jobs, during=count,
+                    fmt=opts.backup_format, jobs=opts.backup_jobs, during=count, compress=opts.backup_compress,
                 )  # fmt: skip
                 rows = counted["rows"]
         except psycopg2.Error as exc:
@@ -836,7 +853,9 @@ def summary_line(result: dict[str, Any], check_mode: bool) -> str:
         f"{verb[0]} {what},",
         f"{verb[1]} {len(result.get('migrations', []))} migrations,",
         (
-            f"backup {backup['path']} ({backup['size']} bytes, sha256 {backup['sha256']})"
+            f"backup {backup['path']} ({backup['size']} bytes"
+            + (f", compression {backup['compress']}" if backup.get("compress") else "")
+            + f", sha256 {backup['sha256']})"
             if backup.get("path")
             else "no backup" + (" (check mode)" if check_mode and backup.get("reason") else "")
         )

@@ -85,13 +85,14 @@ MODULE_OPTIONS: dict[str, Any] = dict(
 )
 
 
-def flush_redis(params: dict[str, Any], check_mode: bool) -> Outcome:
-    """The redis_flush module: resolve the connection, flush (or count, in check mode), report."""
+def flusher_for(params: dict[str, Any], check_mode: bool) -> RedisFlusher:
+    """What redis_flush refuses before it connects (the mode and its patterns, the batch size, the URL),
+    then the flusher of these options. Connects to nothing."""
     if params.get("patterns") and params["mode"] != "pattern":
         raise NothingChanged(f"patterns only apply to mode: pattern, not mode: {params['mode']}")
     with nothing_changed_on_failure():
         conn = resolve_connection(params)
-    flusher = RedisFlusher(
+    return RedisFlusher(
         conn,
         params["mode"],
         patterns=params.get("patterns") or (),
@@ -100,6 +101,11 @@ def flush_redis(params: dict[str, Any], check_mode: bool) -> Outcome:
         check_mode=check_mode,
         db_source="db" if params.get("db") is not None else "redis_url",
     )
+
+
+def flush_redis(params: dict[str, Any], check_mode: bool) -> Outcome:
+    """The redis_flush module: resolve the connection, flush (or count, in check mode), report."""
+    flusher = flusher_for(params, check_mode)
     result = flusher.run()
     diff = {"before": {"keys": result["keys_before"]}, "after": {"keys": result["keys_after"]}}
     return Outcome(changed=result["deleted"] > 0, result=result, warnings=flusher.warnings, diff=diff)

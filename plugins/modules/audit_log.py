@@ -19,6 +19,8 @@ description:
   - The file options (O(mode), O(owner), O(group), the SELinux options and O(attributes)) apply when the module
     creates the audit file, through Ansible's own file helpers; an existing audit file keeps its attributes
     (log rotation may create it with its own).
+  - O(remove_files) removes files the operation is done with once its line is written and synced to disk, in the
+    same task (one module round trip less than a separate M(ansible.builtin.file) task).
 author:
   - ThreadRing Ring Hub maintainers (@threadring)
 extends_documentation_fragment:
@@ -57,10 +59,26 @@ options:
     type: raw
     default: '0600'
     version_added: 0.1.0
+  remove_files:
+    description:
+      - Files to remove once the audit line is written and synced to disk, for example the progress file of a run
+        that is over. A run that fails before its line is written leaves them.
+      - Each path may be a regular file or a symlink (the link is removed, not its target); a path that does not
+        exist is fine and is not listed in RV(removed).
+      - A directory or any other kind of file (or the audit file itself) is refused before the line is written;
+        the task fails naming it, with nothing written and nothing removed.
+      - When a file cannot be removed (permissions), the task fails naming it and the audit file. The line is
+        written then and stays written (do not run the task again for it, it would write a second line).
+    type: list
+    elements: path
+    default: []
+    version_added: 0.2.0
 attributes:
   check_mode:
     support: full
-    description: In check mode the record is built and returned but not written.
+    description:
+      - In check mode the record is built and returned but not written, and nothing is removed
+        (O(remove_files) is still checked for directories).
   diff_mode:
     support: none
     description: An append has no meaningful before and after.
@@ -78,6 +96,14 @@ EXAMPLES = r"""
     details:
       inventory_host: "{{ inventory_hostname }}"
       database_url: "{{ ringhub_database_url }}"  # the password is masked
+
+- name: Record the end of the run and remove its progress file, in one task
+  threadring.ringhub.audit_log:
+    path: /var/log/ringhub/reset-audit.jsonl
+    event: reset
+    status: succeeded
+    remove_files:
+      - /var/backups/ringhub/.ringhub-reset-progress.json
 """
 
 RETURN = r"""
@@ -96,6 +122,25 @@ path:
   description: The audit file.
   returned: always
   type: str
+removed:
+  description:
+    - The files of O(remove_files) that were removed (absolute paths); a listed file that did not exist is not in it.
+      Empty in check mode. When a removal fails, the other files that were removed.
+  returned: always
+  type: list
+  elements: str
+  sample: [/var/backups/ringhub/.ringhub-reset-progress.json]
+not_removed:
+  description: On a failed removal, the files of O(remove_files) that could not be removed (the line was written).
+  returned: on failure, when a file could not be removed
+  type: list
+  elements: str
+nothing_changed:
+  description:
+    - On failure, V(true) when nothing was written or removed (O(remove_files) names a directory or the audit
+      file). The message then ends with C(nothing was changed).
+  returned: on failure, when nothing was changed
+  type: bool
 """
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._audit import (

@@ -61,10 +61,13 @@ pytestmark = pytest.mark.slow
 CONFIRM = "Check the phrases given as variables"
 TARGET = "Check the target database name"
 SETTINGS = "Check the settings of every host"
-PG_CHECK = "Check the PostgreSQL reset (check mode)"
-REDIS_CHECK = "Check the Redis flush (check mode)"
-KEYS_CHECK = "Check the badge key, its .env value and the instance DID document (check mode)"
-BACKUP = "Back up, then reset the schema and seed the root ring in one transaction"
+# The preflight's checks and the reset's data steps each run in one task (reset_steps): "task / step".
+CHECKS = "Check the PostgreSQL reset, the Redis flush and the badge key (check mode)"
+PG_CHECK = f"{CHECKS} / pg_schema_reset"
+REDIS_CHECK = f"{CHECKS} / redis_flush[0]"
+KEYS_CHECK = f"{CHECKS} / did_keys"
+DATA_STEPS = "Back up, then reset the schema and seed the root ring in one transaction; empty Redis; keep the badge key"
+BACKUP = f"{DATA_STEPS} / pg_schema_reset"
 SUMMARY = "Summary of what the reset will do"
 
 
@@ -793,7 +796,12 @@ def _messages(run: AnsibleRun) -> list[str]:
 
 
 def _first_failure(run: AnsibleRun) -> str | None:
-    return next((r["task"] for r in run.results if r["status"] in ("failed", "unreachable")), None)
+    """The task that failed first, with the step that failed when it ran several (``task / step``)."""
+    failed = next((r for r in run.results if r["status"] in ("failed", "unreachable")), None)
+    if failed is None:
+        return None
+    step = failed["result"].get("failed_step")
+    return f"{failed['task']} / {step}" if step else failed["task"]
 
 
 def _fill(text: str, values: dict[str, str]) -> str:

@@ -361,7 +361,9 @@ def test_the_reset_playbook_recreates_hub_api_with_the_key_it_keeps_and_waits_fo
     assert verifies_with_did_document(hub, new_badge(hub)) == _ed25519.raw_public_key(key)
     # The replica had replayed the reset's commit before the restart began.
     replica = run.task("Wait until every replica has replayed the reset's commit")
-    reset_result = run.task("Back up, then reset the schema and seed the root ring in one transaction")
+    reset_result = run.task(
+        "Back up, then reset the schema and seed the root ring in one transaction; empty Redis; keep the badge key"
+    )["steps"]["pg_schema_reset"]
     assert replica["lsn"] == reset_result["commit_lsn"] and replica["caught_up"] is True
     names = [r["task"] for r in run.results]
     assert names.index("Wait until every replica has replayed the reset's commit") < names.index(

@@ -41,7 +41,7 @@ PHRASES = {
     "ringhub_confirm_target": "ringhub",
 }
 RESET_APP = "threadring.ringhub.pg_schema_reset"
-RESET_TASK = "Back up, then reset the schema and seed the root ring in one transaction"
+RESET_TASK = "Back up, then reset the schema and seed the root ring in one transaction; empty Redis; keep the badge key"
 NEW_SCHEMA_TABLES = {"Ring": 1, "RingRole": 3}
 
 
@@ -112,6 +112,14 @@ def assert_new_database_complete(dep: Deployment, before: dict[str, Any]) -> dic
     assert after["rings"] == ["spool"] and after["root_roles"] == ["member", "moderator", "owner"]
     assert after["environment_marker"] == "production"
     return after
+
+
+def new_database_complete(dep: Deployment, before: dict[str, Any]) -> bool:
+    try:
+        assert_new_database_complete(dep, before)
+    except AssertionError:
+        return False
+    return True
 
 
 def reset_lock_free(dep: Deployment) -> bool:
@@ -399,8 +407,9 @@ def test_ansible_playbook_killed_at_each_step(
     """SIGKILL of the ansible-playbook process, or SIGHUP to its process group as a closing terminal sends it.
 
     Ansible's workers start a session of their own (they are detached from the terminal), so neither
-    reaches the module that runs: it finishes its task (the backup, the transaction, its COMMIT; or the
-    Redis flush) and its worker then exits; the tasks after it never run. The reset lock is released
+    reaches the module that runs: it finishes its task (reset_steps: the backup, the transaction, its
+    COMMIT, then the Redis flush; a kill at any of them leaves Redis flushed too) and its worker then
+    exits; the tasks after it never run. The reset lock is released
     when the module ends; the next run reads the progress file the killed one left and says so."""
     dep = shared_deployment
     before = fresh_state(dep)
@@ -427,9 +436,8 @@ def test_ansible_playbook_killed_at_each_step(
             with dep.redis_client() as client:
                 client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
             gates["go"].touch()
-            wait_for(
-                lambda: "TASK [threadring.ringhub.reset : Empty Redis]" in run.output, "the Redis flush", timeout=60
-            )
+            # The same task flushes Redis right after the COMMIT: wait for the commit, the flush then waits.
+            wait_for(lambda: new_database_complete(dep, before), "the reset's COMMIT", timeout=60)
             assert_new_database_complete(dep, before)  # committed; the flush waits for Redis
         below = descendants(run.proc.pid)
         assert below, "the running task has a worker and a module"
@@ -465,7 +473,7 @@ def test_ansible_playbook_killed_at_each_step(
     after = assert_new_database_complete(dep, before)
     assert len(dumps(dep)) == len(dumps_before) + 1
     assert after["audit_lines"] == before["audit_lines"]  # the report never ran
-    assert redis_keys(dep) == (0 if point == "flush" else before_keys(before))
+    assert redis_keys(dep) == 0  # the flush is part of the same task
     [left] = progress_files(dep)
     report = json.loads(left.read_text())
     assert report["phase"] == "done" and report["check_mode"] is False
@@ -579,6 +587,52 @@ def test_connection_killed_during_the_migrations_leaves_the_old_database(
     assert progress_files(dep) == []  # the run ended with its audit line
 
 
+def module_processes(pid: int) -> list[int]:
+    """The module processes below ``pid``: Python run by the ``/bin/sh`` the worker starts for it."""
+    out = []
+    for child in descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")[0]
+            if parent.endswith(b"sh") and b"python" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(child)
+    return out
+
+
+@pytest.mark.slow
+def test_the_module_process_killed_during_the_migrations_is_a_failure_not_an_abort(
+    shared_deployment: Deployment, tmp_path: Path
+) -> None:
+    """The data steps' module process itself killed (SIGKILL, as the OOM killer does) while a migration runs:
+    the task fails without naming a step; the old database stays (its transaction never commits) and the
+    audit line says ``failed`` with the reset step failed, never ``aborted`` (which says nothing was destroyed)."""
+    dep = shared_deployment
+    before = fresh_state(dep)
+    migrations = gated_migrations(tmp_path / "migrations")
+    run = start_reset(dep, {"ringhub_migrations_dir": str(migrations), "ringhub_lock_timeout": "120s"})
+    try:
+        wait_for(lambda: at_gate(dep), "the migration to wait at the gate", timeout=120)
+        modules = module_processes(run.proc.pid)
+        assert modules, "the data steps' module process"
+        for pid in modules:
+            os.kill(pid, signal.SIGKILL)
+        # The server notices the lost client when the blocked migration returns: the transaction rolls back.
+        open_gate(dep)
+        rc = run.wait(240)
+    finally:
+        open_gate(dep)
+        end_session(run.proc.pid)
+    assert rc == 2, run.output[-3000:]
+    wait_for(lambda: reset_lock_free(dep), "the killed module's session to end", timeout=60)
+    assert_old_database_intact(dep, before)
+    assert redis_keys(dep) == before_keys(before)
+    record = audit_lines(dep)[-1]
+    assert record["status"] == "failed", record["status"]
+    assert record["details"]["steps"]["reset"]["status"] == "failed"
+    [failure] = record["details"]["failures"]
+    assert failure["task"] == RESET_TASK and failure["step"] is None
+
+
 def test_a_migration_failing_halfway_leaves_the_old_database(shared_deployment: Deployment, tmp_path: Path) -> None:
     dep = shared_deployment
     before = fresh_state(dep)
@@ -669,7 +723,7 @@ def test_redis_killed_during_a_pattern_flush(sandbox_deployment_factory: Any) ->
     after = assert_new_database_complete(dep_without_redis(dep), before)
     record = audit_lines(dep)[-1]
     assert record["status"] == "failed" and record["details"]["steps"]["redis_flush"]["status"] == "failed"
-    assert [f["task"] for f in record["details"]["failures"]] == ["Empty Redis"]
+    assert [(f["task"], f["step"]) for f in record["details"]["failures"]] == [(RESET_TASK, "redis_flush[0]")]
     assert record["details"]["steps"]["reset"]["status"] == "succeeded" and after["audit_lines"] == 1
     assert reset_lock_free(dep)
 

@@ -22,6 +22,7 @@ from ansible_collections.threadring.ringhub.plugins.module_utils import (
     _pg_restore,
     _pg_undo,
     _redis_flush,
+    _reset_steps,
     _ring_seed,
 )
 
@@ -36,6 +37,7 @@ MODULES = {
     "pg_schema_reset": (_pg_reset.argument_spec, _pg_reset.MODULE_OPTIONS),
     "pg_schema_undo": (_pg_undo.argument_spec, _pg_undo.MODULE_OPTIONS),
     "redis_flush": (_redis_flush.argument_spec, _redis_flush.MODULE_OPTIONS),
+    "reset_steps": (_reset_steps.argument_spec, _reset_steps.MODULE_OPTIONS),
     "ring_seed": (_ring_seed.argument_spec, _ring_seed.MODULE_OPTIONS),
 }
 
@@ -95,5 +97,4 @@ def test_return_and_examples_are_yaml_and_document_the_failure_flag(module_name:
     module = importlib.import_module(f"{COLLECTION}.modules.{module_name}")
     returned = yaml.safe_load(module.RETURN)
     yaml.safe_load(module.EXAMPLES)
-    if module_name != "audit_log":  # audit_log raises no NothingChanged
-        assert returned["nothing_changed"]["type"] == "bool"
+    assert returned["nothing_changed"]["type"] == "bool"
