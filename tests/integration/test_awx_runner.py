@@ -396,7 +396,7 @@ def test_the_artifacts_of_a_verbose_job_with_the_verification_hold_no_form_of_an
     sources = job.artifact_sources()
     stdout = sources[f"artifacts/{job.job_id}/stdout"].decode()
     assert "ESTABLISH LOCAL CONNECTION" in stdout and "Ring Hub verification PASSED" in stdout
-    assert "/plugins/modules/hub_probe.py" in stdout and "/plugins/modules/did_keys.py" in stdout
+    assert "/plugins/modules/hub_probe.py" in stdout and "/plugins/modules/reset_steps.py" in stdout
     assert len([name for name in sources if "/job_events/" in name]) > 50
     assert "env/cmdline" in sources and "env/extravars" not in sources and job.credential_files
     # The credential's key is the one installed, so its forms are the ones the run handled.

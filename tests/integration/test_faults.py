@@ -281,6 +281,8 @@ def start_reset(dep: Deployment, extra_vars: dict[str, Any] | None = None, inven
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session and process group, as a terminal's job
+            # As a terminal's shell starts it: SIGHUP at its default, whatever the test runner inherited (nohup).
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
     return Run(proc, tmp, log)
 
