@@ -174,7 +174,7 @@ class Outcome:
     changed: bool
     result: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    diff: dict[str, Any] | None = None
+    diff: dict[str, Any] | list[dict[str, Any]] | None = None  # a list: one diff per step (reset_steps)
 
     def __post_init__(self) -> None:
         clash = _RESERVED_KEYS & set(self.result)

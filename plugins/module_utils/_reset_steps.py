@@ -353,5 +353,5 @@ def run_steps(params: Mapping[str, Any], module: Any) -> Outcome:
             "seconds": {**seconds, "total": round(time.monotonic() - started, 3)},
         },
         warnings=warnings,
-        diff=diffs if diffs else None,  # type: ignore[arg-type]
+        diff=diffs if diffs else None,
     )

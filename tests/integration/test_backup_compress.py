@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from way_back import digests, hub_databases
+from way_back import digests, hub_databases, reset_args
 
 from ansible_collections.threadring.ringhub.plugins.module_utils._pg_backup import tool_version
 from harness.ansible import run_module
@@ -29,15 +29,6 @@ def hub_db_factory(pg_server: Any) -> Any:
 @pytest.fixture(scope="module")
 def pg_dump_version() -> tuple[str, int]:
     return tool_version("pg_dump")
-
-
-def reset_args(hub: Any, migrations: Path, backup_dir: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "database_url": hub.url,
-        "migrations_dir": str(migrations),
-        "backup_dir": str(backup_dir),
-        "expected_environment": "production",
-    } | extra
 
 
 def archive_compression(path: Path) -> str:

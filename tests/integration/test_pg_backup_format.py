@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from way_back import digests, hub_databases
+from way_back import digests, hub_databases, reset_args
 
 from harness.ansible import run_module
 
@@ -23,15 +23,6 @@ from harness.ansible import run_module
 @pytest.fixture
 def hub_db_factory(pg_server: Any) -> Any:
     yield from hub_databases(pg_server)
-
-
-def reset_args(hub: Any, migrations: Path, backup_dir: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "database_url": hub.url,
-        "migrations_dir": str(migrations),
-        "backup_dir": str(backup_dir),
-        "expected_environment": "production",
-    } | extra
 
 
 def manifest_sha256(directory: Path) -> str:

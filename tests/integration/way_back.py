@@ -1,4 +1,4 @@
-"""Shared helpers of the undo and restore tests (test_undo*.py, test_restore*.py).
+"""Shared helpers of the undo, restore and backup tests (test_undo*.py, test_restore*.py, test_*backup*.py).
 
 A hub database owned by a non-superuser role (as the hub's own role is), the hub's
 migrations applied as that role and recorded in ``_prisma_migrations`` as
@@ -132,3 +132,13 @@ def schema_acl(db: Any, schema: str) -> list[tuple[str, str, bool]]:
 
 def kept_schemas(db: Any) -> list[str]:
     return [r[0] for r in db.query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'public_before_%' ORDER BY 1")]
+
+
+def reset_args(hub: Any, migrations: Path, backup_dir: Path, **extra: Any) -> dict[str, Any]:
+    """pg_schema_reset's options for ``hub`` with a backup into ``backup_dir``, and ``extra``."""
+    return {
+        "database_url": hub.url,
+        "migrations_dir": str(migrations),
+        "backup_dir": str(backup_dir),
+        "expected_environment": "production",
+    } | extra

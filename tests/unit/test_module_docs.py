@@ -61,15 +61,20 @@ def documented_options(module_name: str) -> dict[str, Any]:
     return options
 
 
-def compare(spec: dict[str, Any], docs: dict[str, Any], where: str) -> None:
-    assert set(docs) == set(spec), where
+def differences(spec: dict[str, Any], docs: dict[str, Any], where: str) -> list[str]:
+    """Where the documented options differ from the argument spec: ``["<module>.<option>: <key>", ...]``."""
+    if set(docs) != set(spec):
+        return [f"{where}: documented {sorted(set(docs) - set(spec))}, not documented {sorted(set(spec) - set(docs))}"]
+    found = []
     for name, option in spec.items():
         doc = docs[name]
         for key, default in (("type", "str"), ("default", None), ("choices", None), ("required", False),
                              ("elements", None), ("aliases", None)):  # fmt: skip
-            assert doc.get(key, default) == option.get(key, default), f"{where}.{name}: {key}"
+            if doc.get(key, default) != option.get(key, default):
+                found.append(f"{where}.{name}: {key}")
         if option.get("options"):
-            compare(option["options"], doc["suboptions"], f"{where}.{name}")
+            found += differences(option["options"], doc["suboptions"], f"{where}.{name}")
+    return found
 
 
 @pytest.mark.parametrize("module_name", sorted(MODULES))
@@ -78,7 +83,7 @@ def test_documentation_matches_the_argument_spec(module_name: str) -> None:
     spec = make_spec()
     if options.get("add_file_common_args"):
         spec = {**{k: dict(v) for k, v in FILE_COMMON_ARGUMENTS.items()}, **spec}
-    compare(spec, documented_options(module_name), module_name)
+    assert differences(spec, documented_options(module_name), module_name) == []
 
 
 def test_choices_and_defaults_are_the_module_utils_constants() -> None:
